@@ -1,0 +1,131 @@
+"""Input checks shared by the public functions.
+
+Every check raises :class:`ValueError` or :class:`TypeError` whose message starts
+with the offending argument's name, so a user sees at once what to fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .cfa import check_pattern
+
+
+def as_burst(
+    frames: np.ndarray | Sequence[np.ndarray],
+    cfa: str | None = None,
+    reference: int = 0,
+) -> tuple[np.ndarray, str | None, int]:
+    """Validate a burst and return it as one float32 array.
+
+    Parameters
+    ----------
+    frames : ndarray or sequence of ndarray
+        (N, H, W) grey or CFA mosaics, (N, H, W, 3) RGB, or a sequence of
+        (H, W) / (H, W, 3) arrays of one shape. Linear values, nominally in
+        [0, 1]; values outside that range are kept (nothing is clipped).
+    cfa : str or None
+        Bayer pattern of mosaic input, one of ``RGGB, BGGR, GRBG, GBRG``.
+    reference : int
+        Index of the reference frame; negative values count from the end.
+
+    Returns
+    -------
+    burst : ndarray of float32, shape (N, H, W) or (N, H, W, 3)
+        C-contiguous; a view of ``frames`` when it already was such an array.
+    cfa : str or None
+        Upper-cased pattern.
+    reference : int
+        Non-negative reference index.
+    """
+    if isinstance(frames, np.ndarray):
+        burst = frames
+    elif isinstance(frames, Sequence) and not isinstance(frames, (str, bytes)):
+        if len(frames) == 0:
+            raise ValueError("frames: empty burst; expected at least one frame")
+        arrays = []
+        for i, f in enumerate(frames):
+            if not isinstance(f, np.ndarray):
+                raise TypeError(f"frames[{i}]: expected a numpy array, got {type(f).__name__}")
+            if f.shape != frames[0].shape:
+                raise ValueError(
+                    f"frames[{i}]: shape {f.shape} differs from frames[0] shape "
+                    f"{frames[0].shape}; all frames must have one shape"
+                )
+            arrays.append(f)
+        if arrays[0].ndim not in (2, 3):
+            raise ValueError(
+                f"frames: each frame must be (H, W) or (H, W, 3), got shape {arrays[0].shape}"
+            )
+        burst = np.stack(arrays)
+    else:
+        raise TypeError(
+            f"frames: expected an array (N, H, W[, 3]) or a sequence of arrays, "
+            f"got {type(frames).__name__}"
+        )
+
+    if burst.size == 0 and burst.ndim >= 1 and burst.shape[0] == 0:
+        raise ValueError("frames: empty burst; expected at least one frame")
+    if burst.ndim not in (3, 4):
+        raise ValueError(
+            f"frames: expected shape (N, H, W) or (N, H, W, 3), got ndim={burst.ndim} "
+            f"shape {burst.shape}"
+        )
+    if burst.ndim == 4 and burst.shape[3] != 3:
+        raise ValueError(
+            f"frames: colour frames must have 3 channels in the last axis, got shape {burst.shape}"
+        )
+    if not (np.issubdtype(burst.dtype, np.floating) or np.issubdtype(burst.dtype, np.integer)):
+        raise TypeError(f"frames: expected a real numeric dtype, got {burst.dtype}")
+    n, h, w = burst.shape[:3]
+    if h < 2 or w < 2:
+        raise ValueError(f"frames: each frame must be at least 2x2 pixels, got {h}x{w}")
+
+    if np.issubdtype(burst.dtype, np.integer):
+        raise TypeError(
+            f"frames: got integer dtype {burst.dtype}; pass linear float values in [0, 1] "
+            "(divide by the white level after subtracting the black level)"
+        )
+    burst = np.ascontiguousarray(burst, dtype=np.float32)
+    if not np.isfinite(burst).all():
+        bad = np.argwhere(~np.isfinite(burst.reshape(n, -1)).all(axis=1)).ravel()
+        raise ValueError(
+            f"frames: NaN or infinite values in frame(s) {bad.tolist()}; mask or fill them first"
+        )
+
+    if cfa is not None:
+        cfa = check_pattern(cfa)
+        if burst.ndim != 3:
+            raise ValueError(
+                f"cfa: a CFA pattern ({cfa}) needs single-channel mosaics (N, H, W), "
+                f"got frames of shape {burst.shape}"
+            )
+        if h < 4 or w < 4:
+            raise ValueError(f"frames: CFA mosaics must be at least 4x4 samples, got {h}x{w}")
+
+    reference = check_reference(reference, n)
+    return burst, cfa, reference
+
+
+def check_reference(reference: int, n: int) -> int:
+    """Return ``reference`` as a non-negative index into ``n`` frames."""
+    if isinstance(reference, bool) or not isinstance(reference, (int, np.integer)):
+        raise TypeError(f"reference: expected an integer frame index, got {reference!r}")
+    if not -n <= reference < n:
+        raise ValueError(
+            f"reference: index {reference} out of range for a burst of {n} frame(s)"
+        )
+    return int(reference) % n
+
+
+def check_scale(scale: float) -> float:
+    """Return ``scale`` as a float, or raise if it is not a finite positive number."""
+    try:
+        s = float(scale)
+    except (TypeError, ValueError):
+        raise TypeError(f"scale: expected a positive number, got {scale!r}") from None
+    if not np.isfinite(s) or s <= 0:
+        raise ValueError(f"scale: expected a finite number > 0, got {scale!r}")
+    return s
