@@ -1,0 +1,341 @@
+"""Reading and writing ordinary image files (PNG, TIFF, JPEG).
+
+Reading returns linear float32 values: integer samples are normalised by the
+black and white levels, and sRGB-encoded files (8-bit by default) are decoded to
+linear light. Writing is atomic: the image goes to a temporary file beside the
+target, which is renamed over it only once complete, so an interrupted run never
+leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .transfer import linear_to_srgb, srgb_to_linear
+
+READ_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+WRITE_SUFFIXES = (".png", ".tif", ".tiff")
+TRANSFERS = ("auto", "srgb", "linear")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What was found in an image file.
+
+    Attributes
+    ----------
+    path : Path
+    dtype : str
+        Sample type stored in the file (``uint8``, ``uint16``, ``float32``...).
+    shape : tuple of int
+        (H, W) or (H, W, 3) as returned.
+    transfer : str
+        ``"srgb"`` if the values were decoded from sRGB, else ``"linear"``.
+    """
+
+    path: Path
+    dtype: str
+    shape: tuple[int, ...]
+    transfer: str
+
+
+def _png_bit_depth(path: Path) -> int:
+    # Pillow silently reduces 16-bit colour PNGs to 8 bits, so look at the
+    # header (IHDR bit depth is byte 24) to know which reader keeps the data.
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError(f"{path}: not a PNG file (bad signature)")
+    return head[24]
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    import png
+
+    reader = png.Reader(filename=str(path))
+    width, height, rows, meta = reader.asDirect()
+    planes = meta["planes"]
+    data = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows])
+    data = data.reshape(height, width, planes)
+    return data[..., 0] if planes == 1 else data
+
+
+def _read_raw_samples(path: Path) -> np.ndarray:
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        data = tifffile.imread(path)
+    elif suffix == ".png" and _png_bit_depth(path) == 16:
+        data = _read_png16(path)
+    else:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("P", "PA", "LA", "1", "CMYK", "YCbCr"):
+                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+            data = np.asarray(im)
+    return data
+
+
+def _drop_opaque_alpha(data: np.ndarray, path: Path) -> np.ndarray:
+    if data.ndim == 3 and data.shape[2] in (2, 4):
+        alpha = data[..., -1]
+        full = np.iinfo(data.dtype).max if np.issubdtype(data.dtype, np.integer) else 1.0
+        if not np.all(alpha == full):
+            raise ValueError(
+                f"{path}: image has a non-opaque alpha channel; flatten it before fusion"
+            )
+        data = data[..., :-1]
+        if data.shape[2] == 1:
+            data = data[..., 0]
+    return data
+
+
+def read_image(
+    path: str | os.PathLike,
+    *,
+    transfer: str = "auto",
+    black_level: float = 0.0,
+    white_level: float | None = None,
+) -> tuple[np.ndarray, ImageInfo]:
+    """Read one PNG, TIFF or JPEG file as linear float32 values.
+
+    Parameters
+    ----------
+    path : path-like
+        A ``.png``, ``.tif``/``.tiff`` or ``.jpg``/``.jpeg`` file: grey,
+        single-channel mosaic, or RGB (an opaque alpha channel is dropped).
+    transfer : {"auto", "srgb", "linear"}
+        How the stored values relate to light. ``"auto"`` treats 8-bit files
+        as sRGB-encoded and everything else (16-bit, float) as linear.
+    black_level, white_level : float
+        Integer samples map to ``(v - black_level) / (white_level - black_level)``;
+        ``white_level`` defaults to the largest value of the file's dtype.
+        Float files are taken as they are.
+
+    Returns
+    -------
+    image : ndarray of float32, shape (H, W) or (H, W, 3)
+        Linear values, nominally [0, 1]; nothing is clipped.
+    info : ImageInfo
+    """
+    path = Path(path)
+    if transfer not in TRANSFERS:
+        raise ValueError(f"transfer: expected one of {', '.join(TRANSFERS)}, got {transfer!r}")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, expected an image file")
+    if path.suffix.lower() not in READ_SUFFIXES:
+        raise ValueError(
+            f"{path}: unsupported file type {path.suffix!r}; expected one of "
+            f"{', '.join(READ_SUFFIXES)}"
+        )
+    try:
+        data = _read_raw_samples(path)
+    except (OSError, ValueError, SyntaxError, EOFError, KeyError) as exc:
+        raise ValueError(f"{path}: cannot read image ({exc})") from exc
+
+    data = _drop_opaque_alpha(np.asarray(data), path)
+    if data.ndim == 3 and data.shape[2] == 1:
+        data = data[..., 0]
+    if data.ndim not in (2, 3) or (data.ndim == 3 and data.shape[2] != 3):
+        raise ValueError(
+            f"{path}: expected a grey (H, W) or RGB (H, W, 3) image, got shape {data.shape}"
+        )
+
+    stored = data.dtype
+    if np.issubdtype(stored, np.integer):
+        white = float(np.iinfo(stored).max) if white_level is None else float(white_level)
+        if white <= black_level:
+            raise ValueError(
+                f"white_level: must exceed black_level ({black_level}), got {white}"
+            )
+        image = (data.astype(np.float32) - np.float32(black_level)) / np.float32(
+            white - black_level
+        )
+    elif np.issubdtype(stored, np.floating):
+        image = data.astype(np.float32)
+        if not np.isfinite(image).all():
+            raise ValueError(f"{path}: image contains NaN or infinite values")
+    else:
+        raise ValueError(f"{path}: unsupported sample type {stored}")
+
+    if transfer == "auto":
+        transfer = "srgb" if stored == np.uint8 else "linear"
+    if transfer == "srgb":
+        image = srgb_to_linear(image)
+    return image, ImageInfo(path, str(stored), image.shape, transfer)
+
+
+def read_frames(
+    paths: Sequence[str | os.PathLike],
+    *,
+    transfer: str = "auto",
+    black_level: float = 0.0,
+    white_level: float | None = None,
+) -> tuple[np.ndarray, list[ImageInfo]]:
+    """Read a burst of image files of one shape and type.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        Image files in burst order, or a single folder whose supported image
+        files are taken in lexicographic order of their names.
+
+    Returns
+    -------
+    frames : ndarray of float32, shape (N, H, W) or (N, H, W, 3)
+    infos : list of ImageInfo
+    """
+    files = expand_inputs(paths)
+    frames: list[np.ndarray] = []
+    infos: list[ImageInfo] = []
+    for p in files:
+        image, info = read_image(
+            p, transfer=transfer, black_level=black_level, white_level=white_level
+        )
+        if frames and (image.shape != frames[0].shape or info.dtype != infos[0].dtype):
+            raise ValueError(
+                f"{p}: shape {image.shape} ({info.dtype}) differs from {infos[0].path} "
+                f"shape {frames[0].shape} ({infos[0].dtype}); all frames must match"
+            )
+        frames.append(image)
+        infos.append(info)
+    return np.stack(frames), infos
+
+
+def expand_inputs(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Turn the user's list of files and folders into an ordered file list.
+
+    A folder contributes its supported image files sorted by name; explicit
+    files keep the order given.
+    """
+    if len(paths) == 0:
+        raise ValueError("frames: no input files given")
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(
+                q for q in p.iterdir() if q.is_file() and q.suffix.lower() in READ_SUFFIXES
+            )
+            if not found:
+                raise ValueError(f"{p}: folder holds no {'/'.join(READ_SUFFIXES)} files")
+            files.extend(found)
+        else:
+            files.append(p)
+    return files
+
+
+def _to_integer(image: np.ndarray, bits: int, path: Path) -> np.ndarray:
+    top = (1 << bits) - 1
+    outside = np.count_nonzero((image < 0) | (image > 1))
+    if outside:
+        # Integer files cannot hold values outside [0, 1]; say so rather than
+        # clip silently (float32 TIFF keeps everything).
+        warnings.warn(
+            f"{path}: {outside} sample(s) outside [0, 1] were clipped to fit "
+            f"{bits}-bit output; write a .tif with dtype float32 to keep them",
+            stacklevel=3,
+        )
+    q = np.rint(np.clip(image, 0, 1) * top)
+    return q.astype(np.uint8 if bits == 8 else np.uint16)
+
+
+def write_image(
+    path: str | os.PathLike,
+    image: np.ndarray,
+    *,
+    transfer: str = "linear",
+    dtype: str | None = None,
+) -> Path:
+    """Write a linear float image atomically as PNG or TIFF.
+
+    Parameters
+    ----------
+    path : path-like
+        Target ``.png``, ``.tif`` or ``.tiff`` file; its folder must exist.
+    image : ndarray, shape (H, W) or (H, W, 3)
+        Linear values, nominally [0, 1].
+    transfer : {"linear", "srgb"}
+        Encode the stored values in sRGB (for viewing) or keep them linear.
+    dtype : {"uint8", "uint16", "float32"} or None
+        Stored sample type. Default: ``uint8`` for sRGB PNG, ``uint16``
+        otherwise. ``float32`` is TIFF only and keeps out-of-range values.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in WRITE_SUFFIXES:
+        raise ValueError(
+            f"output: unsupported file type {path.suffix!r}; expected one of "
+            f"{', '.join(WRITE_SUFFIXES)}"
+        )
+    if transfer not in ("linear", "srgb"):
+        raise ValueError(f"transfer: expected 'linear' or 'srgb', got {transfer!r}")
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+        raise ValueError(f"image: expected shape (H, W) or (H, W, 3), got {image.shape}")
+    if dtype is None:
+        dtype = "uint8" if (suffix == ".png" and transfer == "srgb") else "uint16"
+    if dtype not in ("uint8", "uint16", "float32"):
+        raise ValueError(f"dtype: expected uint8, uint16 or float32, got {dtype!r}")
+    if dtype == "float32" and suffix == ".png":
+        raise ValueError("dtype: PNG cannot store float32 samples; use a .tif output")
+    if not path.parent.exists():
+        raise FileNotFoundError(f"{path.parent}: output folder does not exist")
+
+    values = linear_to_srgb(image) if transfer == "srgb" else image.astype(np.float32)
+    if dtype == "float32":
+        data = values.astype(np.float32)
+    else:
+        data = _to_integer(values, 8 if dtype == "uint8" else 16, path)
+
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        if suffix == ".png":
+            _write_png(tmp, data)
+        else:
+            import tifffile
+
+            tifffile.imwrite(
+                tmp,
+                data,
+                photometric="rgb" if data.ndim == 3 else "minisblack",
+                compression="zlib",
+                metadata=None,
+            )
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_png(path: Path, data: np.ndarray) -> None:
+    if data.dtype == np.uint16 and data.ndim == 3:
+        import png
+
+        h, w, _ = data.shape
+        writer = png.Writer(width=w, height=h, greyscale=False, bitdepth=16)
+        with open(path, "wb") as f:
+            writer.write(f, data.reshape(h, w * 3))
+        return
+    from PIL import Image
+
+    Image.fromarray(data).save(path, format="PNG")
