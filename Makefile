@@ -23,7 +23,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_burst.py
+	$(BIN)/python benchmarks/bench_quality.py
+	$(BIN)/python benchmarks/bench_speed.py
 
 clean:
 	rm -rf mfsr-demo .pytest_cache build *.egg-info

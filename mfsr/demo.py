@@ -42,22 +42,49 @@ def _label(panel: np.ndarray, text: str) -> np.ndarray:
     return np.asarray(im)
 
 
-def comparison_picture(panels: list[tuple[str, np.ndarray]]) -> np.ndarray:
-    """Side-by-side picture of linear RGB images of one size, labelled.
+def comparison_picture(
+    panels: list[tuple[str, np.ndarray]], *, crop: tuple[int, int, int] | None = None, zoom: int = 3
+) -> np.ndarray:
+    """Side-by-side picture of linear images of one size, labelled.
+
+    Parameters
+    ----------
+    panels : list of (title, image)
+        Linear grey (H, W) or RGB (H, W, 3) images of one shape.
+    crop : (y, x, size), optional
+        Add a second row with this square region of every panel, enlarged
+        ``zoom`` times by pixel replication so single pixels can be seen.
 
     Returns
     -------
-    ndarray of uint8, shape (H, W * len(panels) + gaps, 3), sRGB-encoded
+    ndarray of uint8, shape (rows, cols, 3), sRGB-encoded
     """
-    gap = np.full((panels[0][1].shape[0], 4, 3), 255, np.uint8)
-    row = []
-    for i, (title, image) in enumerate(panels):
+
+    def encode(image: np.ndarray) -> np.ndarray:
         rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
-        enc = np.rint(np.clip(linear_to_srgb(rgb), 0, 1) * 255).astype(np.uint8)
-        row.append(_label(enc, title))
-        if i + 1 < len(panels):
-            row.append(gap)
-    return np.concatenate(row, axis=1)
+        return np.rint(np.clip(linear_to_srgb(rgb), 0, 1) * 255).astype(np.uint8)
+
+    def strip(images: list[tuple[str, np.ndarray]]) -> np.ndarray:
+        gap = np.full((images[0][1].shape[0], 4, 3), 255, np.uint8)
+        row = []
+        for i, (title, enc) in enumerate(images):
+            row += [_label(enc, title)] + ([gap] if i + 1 < len(images) else [])
+        return np.concatenate(row, axis=1)
+
+    encoded = [(title, encode(image)) for title, image in panels]
+    rows = [strip(encoded)]
+    if crop is not None:
+        y, x, size = crop
+        zoomed = [
+            (f"{title} (x{zoom})", np.kron(enc[y : y + size, x : x + size], np.ones((zoom, zoom, 1), np.uint8)))
+            for title, enc in encoded
+        ]
+        bottom = strip(zoomed)
+        pad = rows[0].shape[1] - bottom.shape[1]
+        if pad > 0:
+            bottom = np.pad(bottom, ((0, 0), (0, pad), (0, 0)), constant_values=255)
+        rows += [np.full((4, rows[0].shape[1], 3), 255, np.uint8), bottom[:, : rows[0].shape[1]]]
+    return np.concatenate(rows, axis=0)
 
 
 def run_demo(
@@ -103,6 +130,7 @@ def run_demo(
             out / "frames" / f"frame-{k:03d}.png",
             demosaic_bilinear(frame, burst.cfa),
             transfer="srgb",
+            clip=True,
         )
 
     t0 = time.perf_counter()
@@ -119,25 +147,21 @@ def run_demo(
         "fused_ssim": ssim(result.image, truth, crop=crop),
         "seconds": seconds,
     }
-    write_image(out / "single_frame.png", single, transfer="srgb")
-    write_image(out / "fused.png", result.image, transfer="srgb")
-    write_image(out / "truth.png", truth, transfer="srgb")
-    write_image(
-        out / "comparison.png",
-        # comparison_picture returns sRGB bytes already; store them unchanged
-        comparison_picture(
-            [
-                ("one frame, demosaicked + bicubic", single),
-                (f"mfsr, {n_frames} frames fused", result.image),
-                ("ground truth", truth),
-            ]
-        ).astype(np.float32)
-        / 255.0,
-        transfer="linear",
-        dtype="uint8",
-    )
-    h, w = burst.frames.shape[1:3]
+    for name, picture in (("single_frame", single), ("fused", result.image), ("truth", truth)):
+        write_image(out / f"{name}.png", picture, transfer="srgb", clip=True)
     ho, wo = result.image.shape[:2]
+    side = min(ho, wo) // 3
+    picture = comparison_picture(
+        [
+            ("one frame, demosaicked + bicubic", single),
+            (f"mfsr, {n_frames} frames fused", result.image),
+            ("ground truth", truth),
+        ],
+        crop=((ho - side) // 4, (wo - side) // 2, side),
+    )
+    # comparison_picture returns sRGB bytes already: store them unchanged
+    write_image(out / "comparison.png", picture / 255.0, transfer="linear", dtype="uint8")
+    h, w = burst.frames.shape[1:3]
     lines = [
         f"mfsr demo: {n_frames}-frame {burst.cfa} burst {w}x{h} simulated from '{image}', "
         f"fused at scale {scale:g} to {wo}x{ho} in {seconds:.2f} s",

@@ -236,10 +236,10 @@ def expand_inputs(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def _to_integer(image: np.ndarray, bits: int, path: Path) -> np.ndarray:
+def _to_integer(image: np.ndarray, bits: int, path: Path, clip: bool) -> np.ndarray:
     top = (1 << bits) - 1
     outside = np.count_nonzero((image < 0) | (image > 1))
-    if outside:
+    if outside and not clip:
         # Integer files cannot hold values outside [0, 1]; say so rather than
         # clip silently (float32 TIFF keeps everything).
         warnings.warn(
@@ -257,6 +257,7 @@ def write_image(
     *,
     transfer: str = "linear",
     dtype: str | None = None,
+    clip: bool = False,
 ) -> Path:
     """Write a linear float image atomically as PNG or TIFF.
 
@@ -271,6 +272,10 @@ def write_image(
     dtype : {"uint8", "uint16", "float32"} or None
         Stored sample type. Default: ``uint8`` for sRGB PNG, ``uint16``
         otherwise. ``float32`` is TIFF only and keeps out-of-range values.
+    clip : bool
+        Integer outputs cannot hold values outside [0, 1]. By default those
+        are clipped with a warning that counts them; ``clip=True`` asks for
+        the clipping (e.g. for previews) and silences the warning.
 
     Returns
     -------
@@ -302,7 +307,7 @@ def write_image(
     if dtype == "float32":
         data = values.astype(np.float32)
     else:
-        data = _to_integer(values, 8 if dtype == "uint8" else 16, path)
+        data = _to_integer(values, 8 if dtype == "uint8" else 16, path, clip)
 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

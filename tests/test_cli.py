@@ -1,0 +1,87 @@
+"""The ``mfsr`` command line, run in-process through ``mfsr.cli.main``."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mfsr.cli import main
+from mfsr.image_io import read_image, write_image
+
+
+@pytest.fixture(scope="module")
+def burst_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("burst")
+    rc = main(["simulate", "-o", str(out), "--image", "astronaut", "--size", "96",
+               "--frames", "4", "--scale", "2", "--cfa", "RGGB", "--quiet"])
+    assert rc == 0
+    return out
+
+
+def test_simulate_writes_frames_truth_flow(burst_dir):
+    frames = sorted(burst_dir.glob("frame-*.tif"))
+    assert len(frames) == 4
+    meta = json.loads((burst_dir / "burst.json").read_text())
+    assert meta["cfa"] == "RGGB" and meta["scale"] == 2.0
+    img, _ = read_image(frames[0])
+    assert img.shape == (48, 48)
+    flow = np.load(burst_dir / "flow.npy")
+    assert flow.shape == (4, 48, 48, 2) and np.all(flow[0] == 0)
+
+
+def test_fuse_cli_folder_input(burst_dir, tmp_path, capsys):
+    out = tmp_path / "fused.tif"
+    conf = tmp_path / "conf.tif"
+    rc = main(["fuse", str(burst_dir), "-o", str(out), "--scale", "2", "--cfa", "rggb",
+               "--save-confidence", str(conf), "--quiet"])
+    # the folder also holds truth.tif of another shape: a clear error, nothing written
+    assert rc == 2
+    assert "truth.tif" in capsys.readouterr().err
+    assert not out.exists()
+
+    files = sorted(str(p) for p in burst_dir.glob("frame-*.tif"))
+    rc = main(["fuse", *files, "-o", str(out), "--scale", "2", "--cfa", "RGGB",
+               "--save-confidence", str(conf)])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "fused 4 frames 48x48 -> 96x96" in captured.out
+    fused, info = read_image(out)
+    assert fused.shape == (96, 96, 3) and info.dtype == "uint16"
+    c, _ = read_image(conf)
+    assert c.shape == (96, 96) and c.min() > 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["fuse", "nope.png", "-o", "x.png"], "nope.png: no such file"),
+        (["fuse", "{frame}", "-o", "{tmp}/x.png", "--cfa", "RGBX"], "unknown CFA pattern"),
+        (["fuse", "{frame}", "-o", "{tmp}/x.png", "--scale", "0"], "expected a number > 0"),
+        (["fuse", "{frame}", "-o", "{tmp}/x.png", "--reference", "3"], "reference: index 3"),
+        (["fuse", "{frame}", "-o", "{tmp}/x.jpg"], "output: unsupported file type"),
+    ],
+)
+def test_fuse_cli_errors_are_one_line(argv, message, tmp_path, capsys):
+    frame = tmp_path / "f.png"
+    write_image(frame, np.full((16, 16), 0.5, np.float32), transfer="srgb")
+    argv = [a.format(frame=frame, tmp=tmp_path) for a in argv]
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse rejects bad option values itself
+        rc = exc.code
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert not list(tmp_path.glob("x.*"))
+
+
+def test_fuse_cli_png_srgb_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.random((32, 32)).astype(np.float32)
+    for k in range(3):
+        write_image(tmp_path / f"in{k}.png", base, transfer="srgb")
+    out = tmp_path / "out.png"
+    assert main(["fuse", *(str(tmp_path / f"in{k}.png") for k in range(3)), "-o", str(out),
+                 "--scale", "1", "-q"]) == 0
+    fused, info = read_image(out)
+    assert info.transfer == "srgb" and info.dtype == "uint8" and fused.shape == (32, 32)
