@@ -1,0 +1,467 @@
+"""Kernel accumulation of one frame into the output grid, and normalisation.
+
+Gather formulation of the merge of Wronski et al. (2019): for every output
+pixel ``(y, x)`` at scale ``s`` the reference-frame coordinate is
+``r = ((y + 0.5)/s - 0.5, (x + 0.5)/s - 0.5)``; the frame's matching position
+is ``p = r + flow(r)`` (flow looked up bilinearly, DESIGN.md convention), and
+the input samples around ``p`` are added with the weight
+
+    w = R(r) * exp(-0.5 * d^T Omega^-1 d),   d = sample position - p  (input px)
+
+into a numerator and a denominator buffer. Frames are accumulated one at a
+time, so memory does not grow with the burst length. Grey and RGB frames use
+the 3x3 samples around ``round(p)``; CFA mosaics use the 4x4 raw samples
+``floor(p) - 1 .. floor(p) + 2``, each feeding only its own colour channel
+(no demosaicking before the merge).
+
+All kernels are parallel over blocks of output rows: each row owns its
+slice of the buffers, so there are no write races. Within a row the work is
+split into passes over all its pixels (look-ups, then one pass per window
+position) so the arithmetic runs in vectorised loops, and the Gaussian
+weights use :func:`fast_exp` (relative error below 1e-4), several times
+faster than the library ``exp``, which dominated the run time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .structure_tensor import separable_filter
+
+# Row blocks per call: enough for load balance on any thread count, few
+# enough that the per-block row buffers cost nothing.
+_BLOCKS = 64
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def fast_exp(x: float) -> float:
+    """``exp(x)`` for ``x <= 0`` in float32, relative error below 1e-4.
+
+    ``x`` is clamped to [-60, 0] (``exp(-60)`` is 9e-27, nothing a weight
+    sum notices), scaled by 1/256, expanded by a degree-4 Taylor polynomial
+    and squared eight times: only multiplications and additions, which
+    vectorise, where the library ``exp`` cost about 7 ns a call here.
+    """
+    y = min(max(np.float32(x), np.float32(-60.0)), np.float32(0.0)) * np.float32(1.0 / 256.0)
+    p = np.float32(1.0) + y * (
+        np.float32(1.0) + y * (np.float32(0.5) + y * (np.float32(1.0 / 6.0) + y * np.float32(1.0 / 24.0)))
+    )
+    p = p * p
+    p = p * p
+    p = p * p
+    p = p * p
+    p = p * p
+    p = p * p
+    p = p * p
+    p = p * p
+    return p
+
+
+@njit(cache=True, inline="always")
+def _bilinear2(field: np.ndarray, y: float, x: float) -> tuple[float, float]:
+    # Bilinear lookup of a (H, W, 2) field with coordinates clamped to the grid.
+    h, w = field.shape[0], field.shape[1]
+    y = min(max(y, 0.0), h - 1.0)
+    x = min(max(x, 0.0), w - 1.0)
+    y0 = min(int(y), h - 2) if h > 1 else 0
+    x0 = min(int(x), w - 2) if w > 1 else 0
+    y1 = min(y0 + 1, h - 1)
+    x1 = min(x0 + 1, w - 1)
+    fy = y - y0
+    fx = x - x0
+    a0 = (1.0 - fx) * field[y0, x0, 0] + fx * field[y0, x1, 0]
+    b0 = (1.0 - fx) * field[y1, x0, 0] + fx * field[y1, x1, 0]
+    a1 = (1.0 - fx) * field[y0, x0, 1] + fx * field[y0, x1, 1]
+    b1 = (1.0 - fx) * field[y1, x0, 1] + fx * field[y1, x1, 1]
+    return (1.0 - fy) * a0 + fy * b0, (1.0 - fy) * a1 + fy * b1
+
+
+@njit(cache=True, inline="always")
+def _bilinear1(field: np.ndarray, y: float, x: float) -> float:
+    # Bilinear lookup of a (H, W) field with coordinates clamped to the grid.
+    h, w = field.shape
+    y = min(max(y, 0.0), h - 1.0)
+    x = min(max(x, 0.0), w - 1.0)
+    y0 = min(int(y), h - 2) if h > 1 else 0
+    x0 = min(int(x), w - 2) if w > 1 else 0
+    y1 = min(y0 + 1, h - 1)
+    x1 = min(x0 + 1, w - 1)
+    fy = y - y0
+    fx = x - x0
+    top = (1.0 - fx) * field[y0, x0] + fx * field[y0, x1]
+    bot = (1.0 - fx) * field[y1, x0] + fx * field[y1, x1]
+    return (1.0 - fy) * top + fy * bot
+
+
+@njit(cache=True, fastmath=True)
+def _row_setup(flow, inv_cov, robustness, ry, inv_s, inv_gb, inv_rb, centred, rob_r, iy0, ix0, ty, tx, ca, cb, cc):
+    # Per output pixel of one row: robustness at r, the aligned position
+    # p = r + flow(r) split into an integer window anchor and a fractional
+    # part, and the kernel's inverse covariance at the grey pixel nearest to
+    # p, pre-scaled so q = ca dy^2 + cb dy dx + cc dx^2 is -0.5 d^T Omega^-1 d.
+    # The anchor is round(p) when centred (3x3 windows), else floor(p).
+    hg, wg = inv_cov.shape[0], inv_cov.shape[1]
+    shift = 0.5 if centred else 0.0
+    for xo in range(rob_r.shape[0]):
+        rx = (xo + 0.5) * inv_s - 0.5
+        rob_r[xo] = _bilinear1(robustness, (ry + 0.5) * inv_rb - 0.5, (rx + 0.5) * inv_rb - 0.5)
+        fdy, fdx = _bilinear2(flow, ry, rx)
+        py = ry + fdy
+        px = rx + fdx
+        gy = min(max(int(math.floor((py + 0.5) * inv_gb)), 0), hg - 1)
+        gx = min(max(int(math.floor((px + 0.5) * inv_gb)), 0), wg - 1)
+        ca[xo] = np.float32(-0.5) * inv_cov[gy, gx, 0]
+        cb[xo] = np.float32(-1.0) * inv_cov[gy, gx, 1]
+        cc[xo] = np.float32(-0.5) * inv_cov[gy, gx, 2]
+        ay = math.floor(py + shift)
+        ax = math.floor(px + shift)
+        iy0[xo] = int(ay)
+        ix0[xo] = int(ax)
+        ty[xo] = np.float32(py - ay)
+        tx[xo] = np.float32(px - ax)
+
+
+@njit(cache=True, fastmath=True)
+def _window_weights(doy, dox, ty, tx, ca, cb, cc, wts):
+    # Gaussian weight of the window sample at offset (doy, dox) from the
+    # anchor, for every pixel of the row (a vectorised loop).
+    for xo in range(wts.shape[0]):
+        dy = doy - ty[xo]
+        dx = dox - tx[xo]
+        wts[xo] = fast_exp(ca[xo] * dy * dy + cb[xo] * dy * dx + cc[xo] * dx * dx)
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def accumulate_frame(
+    frame: np.ndarray,
+    flow: np.ndarray,
+    inv_cov: np.ndarray,
+    grey_bin: int,
+    robustness: np.ndarray,
+    robustness_bin: int,
+    scale: float,
+    num: np.ndarray,
+    den: np.ndarray,
+) -> None:
+    """Add one grey or RGB frame to the accumulation buffers (in place).
+
+    Every output pixel gathers the 3x3 input pixels around ``round(p)``.
+
+    Parameters
+    ----------
+    frame : ndarray of float32, shape (H, W, C)
+        The frame; C = 1 for grey, 3 for RGB.
+    flow : ndarray of float32, shape (H, W, 2)
+        ``(dy, dx)`` in input pixels: reference pixel ``(i, j)`` is at
+        ``(i + dy, j + dx)`` in this frame.
+    inv_cov : ndarray of float32, shape (Hg, Wg, 3)
+        Kernel ``Omega^-1`` entries ``(yy, yx, xx)`` in 1/input-px^2 on the
+        frame's grey grid (:func:`kernel_inverse_covariance`); looked up at
+        the grey pixel nearest to ``p``.
+    grey_bin : int
+        Input pixels per grey pixel (1 here unless the grey image is binned).
+    robustness : ndarray of float32, shape (Hr, Wr)
+        Per-pixel weight in [0, 1] on the reference's guide grid, looked up
+        bilinearly at ``r``.
+    robustness_bin : int
+        Input pixels per guide pixel.
+    scale : float
+        Output pixels per input pixel (> 0).
+    num : ndarray of float32, shape (Ho, Wo, C)
+        Weighted sum of sample values; updated in place.
+    den : ndarray of float32, shape (Ho, Wo, 1)
+        Sum of weights; updated in place.
+    """
+    h, w, nc = frame.shape
+    ho, wo = num.shape[0], num.shape[1]
+    inv_s = 1.0 / scale
+    inv_gb = 1.0 / grey_bin
+    inv_rb = 1.0 / robustness_bin
+    nblk = min(ho, _BLOCKS)
+    for blk in prange(nblk):
+        rob_r = np.empty(wo, np.float32)
+        iy0 = np.empty(wo, np.int64)
+        ix0 = np.empty(wo, np.int64)
+        ty = np.empty(wo, np.float32)
+        tx = np.empty(wo, np.float32)
+        ca = np.empty(wo, np.float32)
+        cb = np.empty(wo, np.float32)
+        cc = np.empty(wo, np.float32)
+        wts = np.empty(wo, np.float32)
+        acc = np.empty((4, wo), np.float32)
+        for yo in range(blk * ho // nblk, (blk + 1) * ho // nblk):
+            ry = (yo + 0.5) * inv_s - 0.5
+            _row_setup(flow, inv_cov, robustness, ry, inv_s, inv_gb, inv_rb, True,
+                       rob_r, iy0, ix0, ty, tx, ca, cb, cc)
+            acc[:] = 0.0
+            for oy in range(-1, 2):
+                for ox in range(-1, 2):
+                    _window_weights(np.float32(oy), np.float32(ox), ty, tx, ca, cb, cc, wts)
+                    for xo in range(wo):
+                        iy = iy0[xo] + oy
+                        ix = ix0[xo] + ox
+                        if iy >= 0 and iy < h and ix >= 0 and ix < w:
+                            wt = wts[xo]
+                            acc[3, xo] += wt
+                            for c in range(nc):
+                                acc[c, xo] += wt * frame[iy, ix, c]
+            for xo in range(wo):
+                r32 = rob_r[xo]
+                if r32 > 0.0:
+                    for c in range(nc):
+                        num[yo, xo, c] += r32 * acc[c, xo]
+                    den[yo, xo, 0] += r32 * acc[3, xo]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def accumulate_frame_cfa(
+    raw: np.ndarray,
+    cell: np.ndarray,
+    flow: np.ndarray,
+    inv_cov: np.ndarray,
+    grey_bin: int,
+    robustness: np.ndarray,
+    robustness_bin: int,
+    scale: float,
+    num: np.ndarray,
+    den: np.ndarray,
+) -> None:
+    """Add one CFA mosaic to the accumulation buffers (in place).
+
+    Each raw sample of the 4x4 window ``floor(p) - 1 .. floor(p) + 2`` feeds
+    only its own colour channel ``cell[y % 2, x % 2]``, so every channel gets
+    samples from every window (4 R, 8 G, 4 B for a Bayer pattern).
+
+    Parameters
+    ----------
+    raw : ndarray of float32, shape (H, W)
+        The mosaic.
+    cell : ndarray of int64, shape (2, 2)
+        Channel index of each position of the 2x2 CFA cell
+        (:func:`mfsr.cfa.cell_channels`).
+    flow, inv_cov, grey_bin, robustness, robustness_bin, scale :
+        As in :func:`accumulate_frame`; ``grey_bin`` and ``robustness_bin``
+        are 2 for the 2x2-binned grey and half-resolution guide.
+    num, den : ndarray of float32, shape (Ho, Wo, 3)
+        Per-channel weighted sums and weights; updated in place.
+    """
+    h, w = raw.shape
+    ho, wo = num.shape[0], num.shape[1]
+    inv_s = 1.0 / scale
+    inv_gb = 1.0 / grey_bin
+    inv_rb = 1.0 / robustness_bin
+    nblk = min(ho, _BLOCKS)
+    for blk in prange(nblk):
+        rob_r = np.empty(wo, np.float32)
+        iy0 = np.empty(wo, np.int64)
+        ix0 = np.empty(wo, np.int64)
+        ty = np.empty(wo, np.float32)
+        tx = np.empty(wo, np.float32)
+        ca = np.empty(wo, np.float32)
+        cb = np.empty(wo, np.float32)
+        cc = np.empty(wo, np.float32)
+        wts = np.empty(wo, np.float32)
+        # Sums by (window row parity, window column parity): the channel of
+        # each of the four classes follows from the window's origin.
+        acc = np.empty((8, wo), np.float32)
+        for yo in range(blk * ho // nblk, (blk + 1) * ho // nblk):
+            ry = (yo + 0.5) * inv_s - 0.5
+            _row_setup(flow, inv_cov, robustness, ry, inv_s, inv_gb, inv_rb, False,
+                       rob_r, iy0, ix0, ty, tx, ca, cb, cc)
+            acc[:] = 0.0
+            for oy in range(-1, 3):
+                for ox in range(-1, 3):
+                    _window_weights(np.float32(oy), np.float32(ox), ty, tx, ca, cb, cc, wts)
+                    k = ((oy + 1) & 1) * 2 + ((ox + 1) & 1)
+                    nk = acc[k]
+                    wk = acc[4 + k]
+                    for xo in range(wo):
+                        iy = iy0[xo] + oy
+                        ix = ix0[xo] + ox
+                        if iy >= 0 and iy < h and ix >= 0 and ix < w:
+                            wt = wts[xo]
+                            nk[xo] += wt * raw[iy, ix]
+                            wk[xo] += wt
+            for xo in range(wo):
+                r32 = rob_r[xo]
+                if r32 > 0.0:
+                    pr = (iy0[xo] - 1) & 1
+                    pc = (ix0[xo] - 1) & 1
+                    for a in range(2):
+                        for b in range(2):
+                            ch = cell[(pr + a) & 1, (pc + b) & 1]
+                            num[yo, xo, ch] += r32 * acc[a * 2 + b, xo]
+                            den[yo, xo, ch] += r32 * acc[4 + a * 2 + b, xo]
+
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def normalize(
+    num: np.ndarray,
+    den: np.ndarray,
+    reference: np.ndarray,
+    is_cfa: bool,
+    cell: np.ndarray,
+    scale: float,
+    radius: float,
+    min_weight: float,
+    out: np.ndarray,
+) -> np.ndarray:
+    """Divide the accumulated sums, with a wide-kernel fallback where weak.
+
+    Where a channel's accumulated weight ``den`` is below ``min_weight`` (an
+    output pixel no sample reached with a useful weight, e.g. a CFA channel
+    at a large scale, or content every frame but the reference rejected
+    near a border), the value is blended with an isotropic Gaussian
+    interpolation ``f`` of the *reference* frame (zero flow) of radius
+    ``radius`` input px over the same sample window (shifted inside the
+    frame at borders): ``(num + (min_weight - den) * f) / min_weight``. The
+    blend is continuous at ``den = min_weight`` and equals ``f`` at ``den =
+    0``, so the output never holds NaN.
+
+    Parameters
+    ----------
+    num : ndarray of float32, shape (Ho, Wo, C)
+    den : ndarray of float32, shape (Ho, Wo, 1) or (Ho, Wo, C)
+        One shared weight (grey/RGB) or one per channel (CFA).
+    reference : ndarray of float32, shape (H, W, C) or (H, W, 1)
+        The reference frame: (H, W, C) for grey/RGB, the mosaic as
+        (H, W, 1) for CFA.
+    is_cfa : bool
+        Whether ``reference`` is a CFA mosaic.
+    cell : ndarray of int64, shape (2, 2)
+        CFA cell channels; ignored for grey/RGB input.
+    scale : float
+        Output pixels per input pixel.
+    radius : float
+        Fallback kernel standard deviation, input px.
+    min_weight : float
+        Weight below which the fallback is blended in (> 0).
+    out : ndarray of float32, shape (Ho, Wo, C)
+        Receives the image; may be ``num`` itself (computed in place).
+
+    Returns
+    -------
+    confidence : ndarray of float32, shape (Ho, Wo)
+        Total accumulated weight: ``den`` for grey/RGB, the sum over the
+        channels (i.e. over all samples) for CFA.
+    """
+    ho, wo, nc = num.shape
+    nd = den.shape[2]
+    h, w = reference.shape[0], reference.shape[1]
+    inv_s = 1.0 / scale
+    inv_r2 = 1.0 / (radius * radius)
+    conf = np.empty((ho, wo), np.float32)
+    for yo in prange(ho):
+        fb = np.zeros(3, np.float64)
+        fw = np.zeros(3, np.float64)
+        ry = (yo + 0.5) * inv_s - 0.5
+        for xo in range(wo):
+            total = np.float32(0.0)
+            weak = False
+            for c in range(nd):
+                total += den[yo, xo, c]
+                if den[yo, xo, c] < min_weight:
+                    weak = True
+            conf[yo, xo] = total
+            if not weak:
+                for c in range(nc):
+                    out[yo, xo, c] = num[yo, xo, c] / den[yo, xo, c if nd > 1 else 0]
+                continue
+            rx = (xo + 0.5) * inv_s - 0.5
+            for c in range(nc):
+                fb[c] = 0.0
+                fw[c] = 0.0
+            if is_cfa:
+                lo_y = int(math.floor(ry)) - 1
+                lo_x = int(math.floor(rx)) - 1
+                n = 4
+            else:
+                lo_y = int(math.floor(ry + 0.5)) - 1
+                lo_x = int(math.floor(rx + 0.5)) - 1
+                n = 3
+            # Keep the window inside the frame so every CFA channel has samples.
+            lo_y = max(min(lo_y, h - n), 0)
+            lo_x = max(min(lo_x, w - n), 0)
+            for iy in range(lo_y, min(lo_y + n, h)):
+                dy = iy - ry
+                for ix in range(lo_x, min(lo_x + n, w)):
+                    dx = ix - rx
+                    wt = fast_exp(-0.5 * (dy * dy + dx * dx) * inv_r2) + 1e-30
+                    if is_cfa:
+                        ch = cell[iy & 1, ix & 1]
+                        fb[ch] += wt * reference[iy, ix, 0]
+                        fw[ch] += wt
+                    else:
+                        for c in range(nc):
+                            fb[c] += wt * reference[iy, ix, c]
+                            fw[c] += wt
+            for c in range(nc):
+                dc = den[yo, xo, c if nd > 1 else 0]
+                if dc >= min_weight:
+                    out[yo, xo, c] = num[yo, xo, c] / dc
+                else:
+                    f = fb[c] / fw[c] if fw[c] > 0.0 else 0.0
+                    out[yo, xo, c] = (num[yo, xo, c] + (min_weight - dc) * f) / min_weight
+    return conf
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def sharpen(
+    image: np.ndarray,
+    taps: np.ndarray,
+    amount: float,
+    noise_alpha: float,
+    noise_beta: float,
+    noise_gate: float,
+) -> None:
+    """Noise-gated unsharp mask that compensates pixel-area integration (in place).
+
+    Every input sample integrates the scene over one input pixel, so the
+    merged image is the scene blurred by that box (plus the small fusion
+    kernel). With ``I`` the pixel's mean over the channels (luminance), ``b``
+    its Gaussian blur by ``taps`` and ``d = I - b`` the detail, every channel
+    gets ``+ g d`` with the gain ``g = amount * d^2 / (d^2 + noise_gate *
+    (alpha * I + beta))``: full gain on structure, little where the detail
+    is at the noise level. Sharpening the luminance only leaves colours
+    alone and costs a third of a per-channel filter.
+
+    Parameters
+    ----------
+    image : ndarray of float32, shape (Ho, Wo, C)
+        Merged image; modified in place.
+    taps : ndarray of float32, shape (2 * r + 1,)
+        Separable Gaussian of the unsharp mask, in output px.
+    amount : float
+        Maximum gain on the detail (0 disables).
+    noise_alpha, noise_beta : float
+        Noise model of one input sample (variance ``alpha * I + beta``).
+    noise_gate : float
+        Factor on that variance in the gate (0: no gating).
+    """
+    ho, wo, nc = image.shape
+    lum = np.empty((1, ho, wo), np.float32)
+    inv_nc = np.float32(1.0 / nc)
+    for y in prange(ho):
+        for x in range(wo):
+            m = np.float32(0.0)
+            for c in range(nc):
+                m += image[y, x, c]
+            lum[0, y, x] = m * inv_nc
+    blurred = separable_filter(lum, taps)
+    a = np.float32(noise_alpha)
+    b = np.float32(noise_beta)
+    gate = np.float32(noise_gate)
+    amt = np.float32(amount)
+    for y in prange(ho):
+        for x in range(wo):
+            m = lum[0, y, x]
+            d = m - blurred[0, y, x]
+            e = d * d
+            n2 = gate * max(a * m + b, np.float32(0.0))
+            g = amt * e / (e + n2 + np.float32(1e-20)) * d
+            for c in range(nc):
+                image[y, x, c] += g
