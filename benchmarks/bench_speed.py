@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -70,6 +69,16 @@ def make_burst(rows: int, cols: int) -> Path:
     return path
 
 
+def _rss_mb(field: str) -> float:
+    # /proc/self/status, not getrusage: ru_maxrss survives exec, so a child
+    # would report its parent's high-water mark.
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _tiny_burst() -> np.ndarray:
     rng = np.random.default_rng(1)
     return rng.random((3, 64, 64), dtype=np.float32)
@@ -95,7 +104,7 @@ def child_run(path: str, scale: float) -> dict:
     from mfsr.registration import register
 
     fuse(_tiny_burst(), scale=scale, cfa="RGGB")  # compile / load kernels outside timing
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before = _rss_mb("VmRSS")
     frames = np.load(path)
     tracemalloc.start()
     t0 = time.perf_counter()
@@ -124,7 +133,7 @@ def child_run(path: str, scale: float) -> dict:
         "burst_mb": frames.nbytes / 2**20,
         "output_mb": out_bytes / 2**20,
         "numpy_peak_mb": max(peak_reg, peak_fuse) / 2**20,
-        "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_peak_mb": _rss_mb("VmHWM"),
         "rss_before_mb": rss_before,
     }
 
