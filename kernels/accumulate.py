@@ -16,10 +16,15 @@ the 3x3 samples around ``round(p)``; CFA mosaics use the 4x4 raw samples
 
 All kernels are parallel over blocks of output rows: each row owns its
 slice of the buffers, so there are no write races. Within a row the work is
-split into passes over all its pixels (look-ups, then one pass per window
-position) so the arithmetic runs in vectorised loops, and the Gaussian
-weights use :func:`fast_exp` (relative error below 1e-4), several times
-faster than the library ``exp``, which dominated the run time.
+split into chunks of ``_CHUNK`` pixels (whose buffers stay in the L1 cache)
+and, per chunk, into passes over its pixels (look-ups, then one pass per
+window position) so the arithmetic runs in vectorised loops. The bilinear
+taps of each output column are shared by all rows and computed once per
+call; CFA windows that lie inside the mosaic are first copied into one row
+per window position, so the sample passes need neither bounds tests nor
+gathers. The Gaussian weights use :func:`fast_exp` (relative error below
+1e-4), several times faster than the library ``exp``, which dominated the
+run time.
 """
 
 from __future__ import annotations
@@ -32,8 +37,11 @@ from numba import njit, prange
 from .structure_tensor import separable_filter
 
 # Row blocks per call: enough for load balance on any thread count, few
-# enough that the per-block row buffers cost nothing.
+# enough that the per-block buffers cost nothing.
 _BLOCKS = 64
+# Output pixels per pass of the sample loops: the chunk's dozen buffers
+# (about 10 KB) stay in the L1 cache across the window positions.
+_CHUNK = 256
 
 
 @njit(cache=True, fastmath=True, inline="always")
@@ -80,58 +88,106 @@ def _bilinear2(field: np.ndarray, y: float, x: float) -> tuple[float, float]:
 
 
 @njit(cache=True, inline="always")
-def _bilinear1(field: np.ndarray, y: float, x: float) -> float:
-    # Bilinear lookup of a (H, W) field with coordinates clamped to the grid.
-    h, w = field.shape
-    y = min(max(y, 0.0), h - 1.0)
-    x = min(max(x, 0.0), w - 1.0)
-    y0 = min(int(y), h - 2) if h > 1 else 0
-    x0 = min(int(x), w - 2) if w > 1 else 0
-    y1 = min(y0 + 1, h - 1)
-    x1 = min(x0 + 1, w - 1)
-    fy = y - y0
-    fx = x - x0
-    top = (1.0 - fx) * field[y0, x0] + fx * field[y0, x1]
-    bot = (1.0 - fx) * field[y1, x0] + fx * field[y1, x1]
-    return (1.0 - fy) * top + fy * bot
+def _taps(g: float, n: int) -> tuple[int, int, float]:
+    # Bilinear taps (i0, i1, fraction) of coordinate g on an axis of n
+    # pixels, clamped to the grid (the arithmetic of _bilinear2).
+    g = min(max(g, 0.0), n - 1.0)
+    i0 = min(int(g), n - 2) if n > 1 else 0
+    return i0, min(i0 + 1, n - 1), g - i0
+
+
+@njit(cache=True)
+def _column_taps(wo, inv_s, inv_rb, w, wr):
+    # Per output column: its reference coordinate rx and the bilinear taps
+    # of the flow (at rx) and of the robustness (on the guide grid). They
+    # are the same for every output row, so they are computed once.
+    rx = np.empty(wo, np.float64)
+    # Unsigned: indexing with them needs no negative-index wrap test.
+    fx0 = np.empty(wo, np.uint64)
+    fx1 = np.empty(wo, np.uint64)
+    ffx = np.empty(wo, np.float64)
+    rx0 = np.empty(wo, np.uint64)
+    rx1 = np.empty(wo, np.uint64)
+    rfx = np.empty(wo, np.float64)
+    for xo in range(wo):
+        x = (xo + 0.5) * inv_s - 0.5
+        rx[xo] = x
+        fx0[xo], fx1[xo], ffx[xo] = _taps(x, w)
+        rx0[xo], rx1[xo], rfx[xo] = _taps((x + 0.5) * inv_rb - 0.5, wr)
+    return rx, fx0, fx1, ffx, rx0, rx1, rfx
 
 
 @njit(cache=True, fastmath=True)
-def _row_setup(flow, inv_cov, robustness, ry, inv_s, inv_gb, inv_rb, centred, rob_r, iy0, ix0, ty, tx, ca, cb, cc):
-    # Per output pixel of one row: robustness at r, the aligned position
-    # p = r + flow(r) split into an integer window anchor and a fractional
-    # part, and the kernel's inverse covariance at the grey pixel nearest to
-    # p, pre-scaled so q = ca dy^2 + cb dy dx + cc dx^2 is -0.5 d^T Omega^-1 d.
-    # The anchor is round(p) when centred (3x3 windows), else floor(p).
+def _chunk_setup(flow, inv_cov, robustness, ry, inv_s, inv_gb, inv_rb, centred, x0, n, cols,
+                 rob_r, iy0, ix0, ty, tx, ca, cb, cc):
+    # Per output pixel x0 .. x0 + n - 1 of one row: robustness at r, the
+    # aligned position p = r + flow(r) split into an integer window anchor
+    # and a fractional part, and the kernel's inverse covariance at the grey
+    # pixel nearest to p, pre-scaled so q = ca dy^2 + cb dy dx + cc dx^2 is
+    # -0.5 d^T Omega^-1 d. The anchor is round(p) when centred (3x3
+    # windows), else floor(p). The row's taps are resolved once here and the
+    # column's come from the table, so the loop is loads and arithmetic.
+    rx, fx0, fx1, ffx, rx0, rx1, rfx = cols
     hg, wg = inv_cov.shape[0], inv_cov.shape[1]
+    fy0, fy1, fy = _taps(ry, flow.shape[0])
+    ry0, ry1, rfy = _taps((ry + 0.5) * inv_rb - 0.5, robustness.shape[0])
+    ftop = flow[fy0]
+    fbot = flow[fy1]
+    rtop = robustness[ry0]
+    rbot = robustness[ry1]
     shift = 0.5 if centred else 0.0
-    for xo in range(rob_r.shape[0]):
-        rx = (xo + 0.5) * inv_s - 0.5
-        rob_r[xo] = _bilinear1(robustness, (ry + 0.5) * inv_rb - 0.5, (rx + 0.5) * inv_rb - 0.5)
-        fdy, fdx = _bilinear2(flow, ry, rx)
-        py = ry + fdy
-        px = rx + fdx
+    for i in range(n):
+        xo = x0 + i
+        a = rx0[xo]
+        b = rx1[xo]
+        fx = rfx[xo]
+        top = (1.0 - fx) * rtop[a] + fx * rtop[b]
+        bot = (1.0 - fx) * rbot[a] + fx * rbot[b]
+        rob_r[i] = (1.0 - rfy) * top + rfy * bot
+        a = fx0[xo]
+        b = fx1[xo]
+        fx = ffx[xo]
+        a0 = (1.0 - fx) * ftop[a, 0] + fx * ftop[b, 0]
+        b0 = (1.0 - fx) * fbot[a, 0] + fx * fbot[b, 0]
+        a1 = (1.0 - fx) * ftop[a, 1] + fx * ftop[b, 1]
+        b1 = (1.0 - fx) * fbot[a, 1] + fx * fbot[b, 1]
+        py = ry + ((1.0 - fy) * a0 + fy * b0)
+        px = rx[xo] + ((1.0 - fy) * a1 + fy * b1)
         gy = min(max(int(math.floor((py + 0.5) * inv_gb)), 0), hg - 1)
         gx = min(max(int(math.floor((px + 0.5) * inv_gb)), 0), wg - 1)
-        ca[xo] = np.float32(-0.5) * inv_cov[gy, gx, 0]
-        cb[xo] = np.float32(-1.0) * inv_cov[gy, gx, 1]
-        cc[xo] = np.float32(-0.5) * inv_cov[gy, gx, 2]
+        # Unsigned indices (all are clamped): no negative-index wrap test.
+        ugy = np.uint64(gy)
+        ugx = np.uint64(gx)
+        ca[i] = np.float32(-0.5) * inv_cov[ugy, ugx, 0]
+        cb[i] = np.float32(-1.0) * inv_cov[ugy, ugx, 1]
+        cc[i] = np.float32(-0.5) * inv_cov[ugy, ugx, 2]
         ay = math.floor(py + shift)
         ax = math.floor(px + shift)
-        iy0[xo] = int(ay)
-        ix0[xo] = int(ax)
-        ty[xo] = np.float32(py - ay)
-        tx[xo] = np.float32(px - ax)
+        iy0[i] = int(ay)
+        ix0[i] = int(ax)
+        ty[i] = np.float32(py - ay)
+        tx[i] = np.float32(px - ax)
 
 
 @njit(cache=True, fastmath=True)
-def _window_weights(doy, dox, ty, tx, ca, cb, cc, wts):
+def _window_weights(doy, dox, n, ty, tx, ca, cb, cc, wts):
     # Gaussian weight of the window sample at offset (doy, dox) from the
-    # anchor, for every pixel of the row (a vectorised loop).
-    for xo in range(wts.shape[0]):
-        dy = doy - ty[xo]
-        dx = dox - tx[xo]
-        wts[xo] = fast_exp(ca[xo] * dy * dy + cb[xo] * dy * dx + cc[xo] * dx * dx)
+    # anchor, for every pixel of the chunk (a vectorised loop).
+    for i in range(n):
+        dy = doy - ty[i]
+        dx = dox - tx[i]
+        wts[i] = fast_exp(ca[i] * dy * dy + cb[i] * dy * dx + cc[i] * dx * dx)
+
+
+@njit(cache=True)
+def _inside(n, iy0, ix0, lo, hi_y, hi_x):
+    # Whether every window anchor of the chunk keeps its whole window
+    # (anchor - lo .. anchor + hi) inside the frame: then the sample loops
+    # need no bounds tests.
+    ok = True
+    for i in range(n):
+        ok &= (iy0[i] >= lo) & (iy0[i] < hi_y) & (ix0[i] >= lo) & (ix0[i] < hi_x)
+    return ok
 
 
 @njit(cache=True, parallel=True, fastmath=True)
@@ -180,40 +236,57 @@ def accumulate_frame(
     inv_s = 1.0 / scale
     inv_gb = 1.0 / grey_bin
     inv_rb = 1.0 / robustness_bin
+    cols = _column_taps(wo, inv_s, inv_rb, flow.shape[1], robustness.shape[1])
     nblk = min(ho, _BLOCKS)
     for blk in prange(nblk):
-        rob_r = np.empty(wo, np.float32)
-        iy0 = np.empty(wo, np.int64)
-        ix0 = np.empty(wo, np.int64)
-        ty = np.empty(wo, np.float32)
-        tx = np.empty(wo, np.float32)
-        ca = np.empty(wo, np.float32)
-        cb = np.empty(wo, np.float32)
-        cc = np.empty(wo, np.float32)
-        wts = np.empty(wo, np.float32)
-        acc = np.empty((4, wo), np.float32)
+        rob_r = np.empty(_CHUNK, np.float32)
+        iy0 = np.empty(_CHUNK, np.int64)
+        ix0 = np.empty(_CHUNK, np.int64)
+        ty = np.empty(_CHUNK, np.float32)
+        tx = np.empty(_CHUNK, np.float32)
+        ca = np.empty(_CHUNK, np.float32)
+        cb = np.empty(_CHUNK, np.float32)
+        cc = np.empty(_CHUNK, np.float32)
+        wts = np.empty(_CHUNK, np.float32)
+        acc = np.empty((4, _CHUNK), np.float32)
         for yo in range(blk * ho // nblk, (blk + 1) * ho // nblk):
             ry = (yo + 0.5) * inv_s - 0.5
-            _row_setup(flow, inv_cov, robustness, ry, inv_s, inv_gb, inv_rb, True,
-                       rob_r, iy0, ix0, ty, tx, ca, cb, cc)
-            acc[:] = 0.0
-            for oy in range(-1, 2):
-                for ox in range(-1, 2):
-                    _window_weights(np.float32(oy), np.float32(ox), ty, tx, ca, cb, cc, wts)
-                    for xo in range(wo):
-                        iy = iy0[xo] + oy
-                        ix = ix0[xo] + ox
-                        if iy >= 0 and iy < h and ix >= 0 and ix < w:
-                            wt = wts[xo]
-                            acc[3, xo] += wt
-                            for c in range(nc):
-                                acc[c, xo] += wt * frame[iy, ix, c]
-            for xo in range(wo):
-                r32 = rob_r[xo]
-                if r32 > 0.0:
-                    for c in range(nc):
-                        num[yo, xo, c] += r32 * acc[c, xo]
-                    den[yo, xo, 0] += r32 * acc[3, xo]
+            for x0 in range(0, wo, _CHUNK):
+                n = min(_CHUNK, wo - x0)
+                _chunk_setup(flow, inv_cov, robustness, ry, inv_s, inv_gb, inv_rb, True, x0, n, cols,
+                             rob_r, iy0, ix0, ty, tx, ca, cb, cc)
+                inside = _inside(n, iy0, ix0, 1, h - 1, w - 1)
+                for k in range(4):
+                    for i in range(n):
+                        acc[k, i] = 0.0
+                for oy in range(-1, 2):
+                    for ox in range(-1, 2):
+                        _window_weights(np.float32(oy), np.float32(ox), n, ty, tx, ca, cb, cc, wts)
+                        if inside:
+                            # Unsigned indices: no negative-index wrap test.
+                            for i in range(n):
+                                wt = wts[i]
+                                acc[3, i] += wt
+                                iy = np.uint64(iy0[i] + oy)
+                                ix = np.uint64(ix0[i] + ox)
+                                for c in range(nc):
+                                    acc[c, i] += wt * frame[iy, ix, c]
+                        else:
+                            for i in range(n):
+                                iy = iy0[i] + oy
+                                ix = ix0[i] + ox
+                                if iy >= 0 and iy < h and ix >= 0 and ix < w:
+                                    wt = wts[i]
+                                    acc[3, i] += wt
+                                    for c in range(nc):
+                                        acc[c, i] += wt * frame[iy, ix, c]
+                for i in range(n):
+                    r32 = rob_r[i]
+                    if r32 > 0.0:
+                        xo = x0 + i
+                        for c in range(nc):
+                            num[yo, xo, c] += r32 * acc[c, i]
+                        den[yo, xo, 0] += r32 * acc[3, i]
 
 
 @njit(cache=True, parallel=True, fastmath=True)
@@ -253,49 +326,84 @@ def accumulate_frame_cfa(
     inv_s = 1.0 / scale
     inv_gb = 1.0 / grey_bin
     inv_rb = 1.0 / robustness_bin
+    cols = _column_taps(wo, inv_s, inv_rb, flow.shape[1], robustness.shape[1])
     nblk = min(ho, _BLOCKS)
     for blk in prange(nblk):
-        rob_r = np.empty(wo, np.float32)
-        iy0 = np.empty(wo, np.int64)
-        ix0 = np.empty(wo, np.int64)
-        ty = np.empty(wo, np.float32)
-        tx = np.empty(wo, np.float32)
-        ca = np.empty(wo, np.float32)
-        cb = np.empty(wo, np.float32)
-        cc = np.empty(wo, np.float32)
-        wts = np.empty(wo, np.float32)
+        rob_r = np.empty(_CHUNK, np.float32)
+        iy0 = np.empty(_CHUNK, np.int64)
+        ix0 = np.empty(_CHUNK, np.int64)
+        ty = np.empty(_CHUNK, np.float32)
+        tx = np.empty(_CHUNK, np.float32)
+        ca = np.empty(_CHUNK, np.float32)
+        cb = np.empty(_CHUNK, np.float32)
+        cc = np.empty(_CHUNK, np.float32)
+        wts = np.empty(_CHUNK, np.float32)
         # Sums by (window row parity, window column parity): the channel of
         # each of the four classes follows from the window's origin.
-        acc = np.empty((8, wo), np.float32)
+        acc = np.empty((8, _CHUNK), np.float32)
+        win = np.empty((16, _CHUNK), np.float32)
         for yo in range(blk * ho // nblk, (blk + 1) * ho // nblk):
             ry = (yo + 0.5) * inv_s - 0.5
-            _row_setup(flow, inv_cov, robustness, ry, inv_s, inv_gb, inv_rb, False,
-                       rob_r, iy0, ix0, ty, tx, ca, cb, cc)
-            acc[:] = 0.0
-            for oy in range(-1, 3):
-                for ox in range(-1, 3):
-                    _window_weights(np.float32(oy), np.float32(ox), ty, tx, ca, cb, cc, wts)
-                    k = ((oy + 1) & 1) * 2 + ((ox + 1) & 1)
-                    nk = acc[k]
-                    wk = acc[4 + k]
-                    for xo in range(wo):
-                        iy = iy0[xo] + oy
-                        ix = ix0[xo] + ox
-                        if iy >= 0 and iy < h and ix >= 0 and ix < w:
-                            wt = wts[xo]
-                            nk[xo] += wt * raw[iy, ix]
-                            wk[xo] += wt
-            for xo in range(wo):
-                r32 = rob_r[xo]
-                if r32 > 0.0:
-                    pr = (iy0[xo] - 1) & 1
-                    pc = (ix0[xo] - 1) & 1
-                    for a in range(2):
-                        for b in range(2):
-                            ch = cell[(pr + a) & 1, (pc + b) & 1]
-                            num[yo, xo, ch] += r32 * acc[a * 2 + b, xo]
-                            den[yo, xo, ch] += r32 * acc[4 + a * 2 + b, xo]
-
+            for x0 in range(0, wo, _CHUNK):
+                n = min(_CHUNK, wo - x0)
+                _chunk_setup(flow, inv_cov, robustness, ry, inv_s, inv_gb, inv_rb, False, x0, n, cols,
+                             rob_r, iy0, ix0, ty, tx, ca, cb, cc)
+                inside = _inside(n, iy0, ix0, 1, h - 2, w - 2)
+                for k in range(8):
+                    for i in range(n):
+                        acc[k, i] = 0.0
+                if inside:
+                    # Copy every pixel's 4x4 window into rows of its own, so
+                    # the sample loops below are plain vectorised arithmetic.
+                    for i in range(n):
+                        r0 = np.uint64(iy0[i] - 1)
+                        c0 = np.uint64(ix0[i] - 1)
+                        for a in range(4):
+                            for b in range(4):
+                                win[a * 4 + b, i] = raw[r0 + np.uint64(a), c0 + np.uint64(b)]
+                    for oy in range(-1, 3):
+                        for ox in range(-1, 3):
+                            k = ((oy + 1) & 1) * 2 + ((ox + 1) & 1)
+                            nk = acc[k]
+                            wk = acc[4 + k]
+                            wv = win[(oy + 1) * 4 + ox + 1]
+                            fy = np.float32(oy)
+                            fx = np.float32(ox)
+                            for i in range(n):
+                                dy = fy - ty[i]
+                                dx = fx - tx[i]
+                                wt = fast_exp(ca[i] * dy * dy + cb[i] * dy * dx + cc[i] * dx * dx)
+                                nk[i] += wt * wv[i]
+                                wk[i] += wt
+                else:
+                    for oy in range(-1, 3):
+                        for ox in range(-1, 3):
+                            _window_weights(np.float32(oy), np.float32(ox), n, ty, tx, ca, cb, cc, wts)
+                            k = ((oy + 1) & 1) * 2 + ((ox + 1) & 1)
+                            nk = acc[k]
+                            wk = acc[4 + k]
+                            for i in range(n):
+                                iy = iy0[i] + oy
+                                ix = ix0[i] + ox
+                                if iy >= 0 and iy < h and ix >= 0 and ix < w:
+                                    wt = wts[i]
+                                    nk[i] += wt * raw[iy, ix]
+                                    wk[i] += wt
+                for i in range(n):
+                    r32 = rob_r[i]
+                    if r32 > 0.0:
+                        xo = x0 + i
+                        # Unsigned indices: no negative-index wrap test.
+                        pr = np.uint64((iy0[i] - 1) & 1)
+                        pc = np.uint64((ix0[i] - 1) & 1)
+                        uy = np.uint64(yo)
+                        ux = np.uint64(xo)
+                        one = np.uint64(1)
+                        for a in range(2):
+                            for b in range(2):
+                                ch = np.uint64(cell[(pr + np.uint64(a)) & one, (pc + np.uint64(b)) & one])
+                                num[uy, ux, ch] += r32 * acc[a * 2 + b, i]
+                                den[uy, ux, ch] += r32 * acc[4 + a * 2 + b, i]
 
 
 @njit(cache=True, parallel=True, fastmath=True)

@@ -27,10 +27,12 @@ import numpy as np
 from numba import njit, prange
 
 from .accumulate import _bilinear2
-from .structure_tensor import separable_filter
+from .structure_tensor import filter_column, filter_row
 
 
 _BOX3 = np.full(3, 1.0 / 3.0, np.float32)
+# Row blocks per parallel loop (load balance on any thread count).
+_BLOCKS = 64
 
 
 @njit(cache=True, parallel=True, fastmath=True)
@@ -92,21 +94,29 @@ def local_stats(guide: np.ndarray, taps: np.ndarray) -> tuple[np.ndarray, np.nda
         Biased 3x3 variance (about the 3x3 box mean), never negative.
     """
     nc, h, w = guide.shape
-    both = np.empty((2 * nc, h, w), np.float32)
-    for y in prange(h):
-        for c in range(nc):
-            for x in range(w):
-                v = guide[c, y, x]
-                both[c, y, x] = v
-                both[nc + c, y, x] = v * v
-    box = separable_filter(both, _BOX3)
+    mean = np.empty((nc, h, w), np.float32)
     var = np.empty((nc, h, w), np.float32)
-    for y in prange(h):
-        for c in range(nc):
+    jobs = nc * h
+    nblk = min(jobs, _BLOCKS)
+    for blk in prange(nblk):
+        # All three filters row by row through cached row buffers: no
+        # squared-guide or filtered planes to write and read back.
+        col = np.empty(w, np.float32)
+        m = np.empty(w, np.float32)
+        q = np.empty(w, np.float32)
+        for job in range(blk * jobs // nblk, (blk + 1) * jobs // nblk):
+            c = job // h
+            y = job % h
+            plane = guide[c]
+            filter_column(plane, y, _BOX3, False, col)
+            filter_row(col, _BOX3, m)
+            filter_column(plane, y, _BOX3, True, col)
+            filter_row(col, _BOX3, q)
+            vrow = var[c, y]
             for x in range(w):
-                m = box[c, y, x]
-                var[c, y, x] = max(box[nc + c, y, x] - m * m, np.float32(0.0))
-    mean = separable_filter(guide, taps)
+                vrow[x] = max(q[x] - m[x] * m[x], np.float32(0.0))
+            filter_column(plane, y, taps, False, col)
+            filter_row(col, taps, mean[c, y])
     return mean, var
 
 

@@ -121,6 +121,35 @@ def test_accumulate_cfa_matches_numpy_twin(pattern, scale):
     np.testing.assert_allclose(den, d_ref, rtol=3e-4, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("cfa", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_wide_frames_take_the_interior_path_and_match(cfa, scale):
+    # Rows of more than two 256-pixel chunks with a small flow: middle chunks
+    # of interior rows have every window inside the frame (the unchecked
+    # sample path), border chunks do not; both must match the twin.
+    rng = np.random.default_rng(11 + int(scale) + 2 * cfa)
+    h, w = 12, 700
+    flow, inv, rob = _random_inputs(rng, h, w, 2 if cfa else 1)
+    flow *= 0.3
+    ho, wo = round(h * scale), round(w * scale)
+    if cfa:
+        raw = rng.random((h, w)).astype(np.float32)
+        cell = cell_channels("GRBG")
+        num = np.zeros((ho, wo, 3), np.float32)
+        den = np.zeros((ho, wo, 3), np.float32)
+        accumulate_frame_cfa(raw, cell, flow, inv, 2, rob, 2, scale, num, den)
+        n_ref, d_ref = _np_accumulate_cfa(raw, cell, flow, inv, 2, rob, 2, scale, ho, wo)
+    else:
+        frame = rng.random((h, w, 3)).astype(np.float32)
+        num = np.zeros((ho, wo, 3), np.float32)
+        den = np.zeros((ho, wo, 1), np.float32)
+        accumulate_frame(frame, flow, inv, 1, rob, 1, scale, num, den)
+        n_ref, d_ref = _np_accumulate(frame, flow, inv, 1, rob, 1, scale, ho, wo)
+    np.testing.assert_allclose(num, n_ref, rtol=3e-4, atol=1e-5)
+    np.testing.assert_allclose(den, d_ref, rtol=3e-4, atol=1e-5)
+
+
 def _tiny_kernel(h, w, radius):
     inv = np.zeros((h, w, 3), np.float32)
     inv[..., 0] = inv[..., 2] = 1 / radius**2
