@@ -257,7 +257,7 @@ def _register(burst, cfa, reference, registration, progress):
         if k == reference:
             continue
         motion = align_frame(ref_pyr, burst[k])
-        flows[k] = dense_flow(motion, (h, w))
+        dense_flow(motion, (h, w), out=flows[k])
         spreads[k] = (flow_irregularity(motion), motion)
     return flows, spreads
 
