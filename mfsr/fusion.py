@@ -47,7 +47,7 @@ from .registration import (
     flow_irregularity,
     prepare_reference,
 )
-from .validation import as_burst, check_scale
+from .validation import all_finite, as_burst, check_scale
 
 _NO_CELL = np.zeros((2, 2), np.int64)
 
@@ -236,7 +236,7 @@ def _check_flow(flow, n: int, h: int, w: int, reference: int) -> np.ndarray:
     if not np.issubdtype(flow.dtype, np.number):
         raise TypeError(f"flow: expected a numeric array, got dtype {flow.dtype}")
     flow = np.ascontiguousarray(flow, dtype=np.float32)
-    if not np.isfinite(flow).all():
+    if not all_finite(flow):
         raise ValueError("flow: NaN or infinite values")
     if np.abs(flow[reference]).max() > 1e-6:
         raise ValueError(

@@ -89,10 +89,10 @@ def as_burst(
             "(divide by the white level after subtracting the black level)"
         )
     burst = np.ascontiguousarray(burst, dtype=np.float32)
-    if not np.isfinite(burst).all():
-        bad = np.argwhere(~np.isfinite(burst.reshape(n, -1)).all(axis=1)).ravel()
+    if not all_finite(burst):
+        bad = [k for k in range(n) if not all_finite(burst[k])]
         raise ValueError(
-            f"frames: NaN or infinite values in frame(s) {bad.tolist()}; mask or fill them first"
+            f"frames: NaN or infinite values in frame(s) {bad}; mask or fill them first"
         )
 
     if cfa is not None:
@@ -107,6 +107,15 @@ def as_burst(
 
     reference = check_reference(reference, n)
     return burst, cfa, reference
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """True when ``array`` holds no NaN or infinity.
+
+    Checks the extremes (NaN propagates through min/max) instead of building
+    a boolean array as large as a whole burst.
+    """
+    return bool(np.isfinite(array.min()) and np.isfinite(array.max()))
 
 
 def check_reference(reference: int, n: int) -> int:

@@ -76,3 +76,11 @@ def test_single_frame_is_valid_input():
     assert np.all(mfsr.register(one) == 0)
     res = mfsr.fuse(GREY[:1], scale=1.0, cfa="RGGB")  # single-frame demosaicking
     assert res.image.shape == (24, 28, 3)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_flow_is_rejected(bad):
+    flow = np.zeros(GREY.shape + (2,), np.float32)
+    flow[2, 3, 4, 1] = bad
+    with pytest.raises(ValueError, match="^flow: NaN or infinite"):
+        mfsr.fuse(GREY, flow=flow)
