@@ -34,7 +34,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .structure_tensor import separable_filter
+from .separable_filter import separable_filter
 
 # Row blocks per call: enough for load balance on any thread count, few
 # enough that the per-block buffers cost nothing.

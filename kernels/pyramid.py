@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .separable_filter import separable_filter
+
 
 @njit(cache=True, parallel=True, fastmath=True)
 def bin2x2(raw: np.ndarray) -> np.ndarray:
@@ -114,7 +116,6 @@ def downsample(image: np.ndarray, factor: int) -> np.ndarray:
     return out
 
 
-@njit(cache=True, parallel=True, fastmath=True)
 def separable_blur(image: np.ndarray, taps: np.ndarray) -> np.ndarray:
     """Filter rows and columns with one symmetric kernel (edge replication).
 
@@ -130,35 +131,10 @@ def separable_blur(image: np.ndarray, taps: np.ndarray) -> np.ndarray:
         ``sum_{a,b} taps[a] taps[b] image[y + a - R, x + b - R]`` with
         coordinates clamped to the image, i.e. scipy.ndimage's
         ``correlate1d(..., mode="nearest")`` along both axes.
+
+    Notes
+    -----
+    The single-plane form of :func:`mfsr.kernels.separable_filter.separable_filter`,
+    which the fusion kernels use too.
     """
-    h, w = image.shape
-    r = taps.shape[0] // 2
-    tmp = np.empty((h, w), np.float32)
-    # Vertical pass on whole rows (contiguous, vectorises), then horizontal.
-    for y in prange(h):
-        for x in range(w):
-            tmp[y, x] = 0.0
-        for t in range(2 * r + 1):
-            yy = min(max(y + t - r, 0), h - 1)
-            k = taps[t]
-            for x in range(w):
-                tmp[y, x] += k * image[yy, x]
-    out = np.empty((h, w), np.float32)
-    for y in prange(h):
-        for x in range(w):
-            out[y, x] = 0.0
-        # Interior: tap-outer loops over contiguous runs (vectorise); the
-        # r-wide borders are done with clamping.
-        lo = min(r, w)
-        hi = max(lo, w - r)
-        for t in range(2 * r + 1):
-            k = taps[t]
-            for x in range(lo, hi):
-                out[y, x] += k * tmp[y, x + t - r]
-        for x in range(w):
-            if x < lo or x >= hi:
-                s = np.float32(0.0)
-                for t in range(2 * r + 1):
-                    s += taps[t] * tmp[y, min(max(x + t - r, 0), w - 1)]
-                out[y, x] = s
-    return out
+    return separable_filter(image[np.newaxis], taps)[0]

@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from .accumulate import _bilinear2
-from .structure_tensor import filter_column, filter_row
+from .separable_filter import filter_column, filter_row
 
 
 _BOX3 = np.full(3, 1.0 / 3.0, np.float32)

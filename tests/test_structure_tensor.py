@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 from scipy.ndimage import correlate1d
 
+from mfsr.kernels.separable_filter import separable_filter
 from mfsr.kernels.structure_tensor import (
     gaussian_weights,
     kernel_inverse_covariance,
-    separable_filter,
     structure_tensor,
 )
 
