@@ -214,22 +214,39 @@ def read_frames(
     return np.stack(frames), infos
 
 
-def expand_inputs(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Turn the user's list of files and folders into an ordered file list.
+def expand_inputs(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    suffixes: Sequence[str] = READ_SUFFIXES,
+    argname: str = "frames",
+) -> list[Path]:
+    """Turn the user's files and folders into an ordered file list.
 
-    A folder contributes its supported image files sorted by name; explicit
-    files keep the order given.
+    Parameters
+    ----------
+    paths : path-like or sequence of path-like
+        Files and folders. A folder contributes its files whose lower-cased
+        suffix is in ``suffixes``, sorted by name; explicit files keep the
+        order given (and are checked when read).
+    suffixes : sequence of str
+        Lower-case suffixes, with the dot, taken from folders.
+    argname : str
+        Name of the argument, for the error on an empty list.
+
+    Returns
+    -------
+    list of Path
     """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
     if len(paths) == 0:
-        raise ValueError("frames: no input files given")
+        raise ValueError(f"{argname}: no input files given")
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(
-                q for q in p.iterdir() if q.is_file() and q.suffix.lower() in READ_SUFFIXES
-            )
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in suffixes)
             if not found:
-                raise ValueError(f"{p}: folder holds no {'/'.join(READ_SUFFIXES)} files")
+                raise ValueError(f"{p}: folder holds no {'/'.join(suffixes)} files")
             files.extend(found)
         else:
             files.append(p)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .cfa import PATTERNS, check_pattern
+from .image_io import expand_inputs
 
 RAW_SUFFIXES: tuple[str, ...] = (
     ".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf",
@@ -328,26 +329,6 @@ def read_headerless(
     )
 
 
-def _burst_paths(paths_or_folder: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    if isinstance(paths_or_folder, (str, os.PathLike)):
-        folder = Path(paths_or_folder)
-        if not folder.exists():
-            raise FileNotFoundError(f"{folder}: no such file or folder")
-        if not folder.is_dir():
-            return [folder]
-        paths = sorted(
-            (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in RAW_SUFFIXES),
-            key=lambda p: p.name,
-        )
-        if not paths:
-            raise ValueError(f"{folder}: no RAW files (suffixes {', '.join(RAW_SUFFIXES)})")
-        return paths
-    paths = [Path(p) for p in paths_or_folder]
-    if not paths:
-        raise ValueError("paths_or_folder: empty list of files")
-    return paths
-
-
 def read_burst(paths_or_folder: str | os.PathLike | Sequence[str | os.PathLike]) -> list[RawFrame]:
     """Read a burst of RAW frames of one sensor.
 
@@ -376,7 +357,7 @@ def read_burst(paths_or_folder: str | os.PathLike | Sequence[str | os.PathLike])
         the offending file (and the first file it was compared with).
     """
     frames: list[RawFrame] = []
-    for p in _burst_paths(paths_or_folder):
+    for p in expand_inputs(paths_or_folder, suffixes=RAW_SUFFIXES, argname="paths_or_folder"):
         f = read_raw(p)
         if frames:
             ref = frames[0]
