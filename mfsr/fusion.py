@@ -183,6 +183,14 @@ class FusionResult:
     robustness : ndarray of float32, shape (N,)
         Mean robustness weight of each frame (1 for the reference): the
         fraction of it that was merged.
+    transforms : ndarray of float64, shape (N, 3, 3), or None
+        Global transforms estimated with ``geometry=``: in input pixel
+        coordinates, (x, y, 1) column vectors (OpenCV/kornia convention),
+        mapping a point of the reference frame to its position in frame k
+        (identity for the reference). None when no global model was asked for.
+    refinement : ndarray of float32, same shape as ``image``, or None
+        What the refinement network changed: ``image`` minus the plain fusion
+        (None with ``refine=False``), so users can see where detail was added.
     """
 
     image: np.ndarray
@@ -193,6 +201,8 @@ class FusionResult:
     reference: int
     noise: tuple[float, float]
     robustness: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    transforms: np.ndarray | None = None
+    refinement: np.ndarray | None = None
 
 
 def _flow_spread(flow: np.ndarray, shape: tuple[int, int], guide_bin: int, cell: int) -> np.ndarray:
@@ -293,6 +303,8 @@ def fuse(
     flow: np.ndarray | None = None,
     params: FusionParams | None = None,
     registration: RegistrationParams | None = None,
+    geometry: str | None = None,
+    distortion=None,
     progress: bool = False,
 ) -> FusionResult:
     """Merge a burst into one image at any scale with robust kernel fusion.
@@ -344,6 +356,13 @@ def fuse(
         Fusion parameters; tuned defaults when None.
     registration : RegistrationParams, optional
         Registration parameters, when ``flow`` is None.
+    geometry : {None, "affine", "homography"}
+        Global motion model estimated before the local registration (see
+        :mod:`mfsr.geometry`); the returned ``transforms`` hold it.
+    distortion : None, sequence of float or "estimate"
+        Lens distortion: known Brown-Conrady coefficients (the output is then
+        rectified) or ``"estimate"`` for the relative distortion between
+        frames (focus breathing).
     progress : bool
         Show a progress bar per frame.
 
@@ -408,6 +427,10 @@ def fuse(
     else:
         alpha, beta = _check_noise(noise)
     spreads: list = [None] * n
+    transforms = None
+    if geometry is not None or distortion is not None:
+        # Filled in by issue 6 (mfsr.geometry): global model + lens, composed with the local flow.
+        raise NotImplementedError("geometry, distortion: global geometry correction is not available yet")
     if flow is None:
         if n == 1:
             flows = np.zeros((n, h, w, 2), np.float32)
@@ -479,4 +502,5 @@ def fuse(
         reference=reference,
         noise=(float(alpha), float(beta)),
         robustness=mean_rob,
+        transforms=transforms,
     )
