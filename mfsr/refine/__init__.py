@@ -1,0 +1,1 @@
+"""Learned refinement after the kernel fusion (issue 5; in progress)."""
