@@ -43,6 +43,25 @@ def _cfa(text: str) -> str:
     return text.upper()
 
 
+def _reference(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a frame index or 'auto', got {text!r}") from None
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1920x1080, got {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
+    return w, h
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mfsr",
@@ -65,7 +84,12 @@ def _build_parser() -> argparse.ArgumentParser:
     f.add_argument("-o", "--output", required=True, help="output .png, .tif or .tiff")
     f.add_argument("--scale", type=_positive_float, default=2.0, help="zoom factor (default 2)")
     f.add_argument("--cfa", type=_cfa, help="Bayer pattern of single-channel mosaics")
-    f.add_argument("--reference", type=int, default=0, help="index of the reference frame")
+    f.add_argument(
+        "--reference",
+        type=_reference,
+        help="index of the reference frame, or 'auto': the sharpest of the first 3 "
+        "(default: auto for RAW bursts, 0 for image files)",
+    )
     f.add_argument(
         "--transfer",
         choices=("auto", "srgb", "linear"),
@@ -82,9 +106,60 @@ def _build_parser() -> argparse.ArgumentParser:
         choices=("uint8", "uint16", "float32"),
         help="output sample type (default uint8 for sRGB PNG, else uint16)",
     )
-    f.add_argument("--black-level", type=float, default=0.0, help="raw black level")
+    f.add_argument("--black-level", type=float, help="raw black level (image files, headerless raw)")
     f.add_argument("--white-level", type=float, help="raw white level (default: dtype max)")
-    f.add_argument("--save-confidence", metavar="PATH", help="also write the confidence map")
+    f.add_argument(
+        "--noise",
+        type=float,
+        nargs=2,
+        metavar=("ALPHA", "BETA"),
+        help="noise model of the normalised samples, variance = ALPHA * x + BETA "
+        "(default: the DNG NoiseProfile, else estimated from the reference frame)",
+    )
+    raw = f.add_argument_group("camera RAW bursts (DNG, CR2, NEF, ARW, ... or headerless dumps)")
+    mode = raw.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--finish",
+        dest="linear",
+        action="store_false",
+        default=None,
+        help="develop for viewing: white balance, colour matrix to sRGB, sRGB curve "
+        "(default for RAW bursts, except .dng outputs)",
+    )
+    mode.add_argument(
+        "--linear",
+        dest="linear",
+        action="store_true",
+        help="keep linear camera RGB (no white balance, matrix or curve); .dng outputs always are",
+    )
+    raw.add_argument("--exposure", type=float, default=0.0, help="exposure compensation, stops (--finish)")
+    raw.add_argument(
+        "--tone",
+        choices=("none", "soft"),
+        default="none",
+        help="highlight handling of --finish: none clips above white, soft rolls off",
+    )
+    raw.add_argument("--sharpen", type=float, default=0.0, help="unsharp-mask amount of --finish (0.3 is mild)")
+    raw.add_argument(
+        "--raw-size",
+        type=_size,
+        metavar="WxH",
+        help="read headerless raw dumps of this size (16-bit words; needs --raw-bits and --cfa)",
+    )
+    raw.add_argument("--raw-bits", type=int, choices=(10, 12, 14, 16), help="bits per headerless sample")
+    extra = f.add_argument_group("extra outputs")
+    extra.add_argument("--save-confidence", metavar="PATH", help="also write the confidence map")
+    extra.add_argument(
+        "--save-flow",
+        metavar="PATH",
+        help="also write the registration: a .png colour picture of every frame's flow, "
+        "or a .npy array (N, H, W, 2) of (dy, dx) in input pixels",
+    )
+    extra.add_argument(
+        "--report",
+        metavar="PATH",
+        help="also write a .png comparison: one frame vs fused, their difference, crops at 100%%",
+    )
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
 
     s = sub.add_parser(
@@ -111,6 +186,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="Poisson-Gaussian noise: variance = ALPHA * x + BETA",
     )
     s.add_argument("--size", type=int, help="centre-crop the photo to at most SIZE px")
+    s.add_argument(
+        "--format",
+        choices=("tiff", "dng"),
+        default="tiff",
+        help="frames as float32 TIFF (default) or as 12-bit CFA DNG with a NoiseProfile (needs --cfa)",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-q", "--quiet", action="store_true")
 
@@ -129,30 +210,111 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_fuse(args: argparse.Namespace) -> int:
+def _is_raw_input(args: argparse.Namespace) -> bool:
+    """RAW route: headerless options, a RAW file among the inputs, or a folder of RAW files."""
+    from .raw_io import RAW_SUFFIXES
+
+    if args.raw_size is not None or args.raw_bits is not None:
+        return True
+    for p in map(Path, args.frames):
+        if p.is_dir():
+            if any(q.suffix.lower() in RAW_SUFFIXES for q in p.iterdir() if q.is_file()):
+                return True
+        elif p.suffix.lower() in RAW_SUFFIXES:
+            return True
+    return False
+
+
+def _fuse_raw(args: argparse.Namespace):
+    """Fuse a RAW burst; returns (result, frames, cfa, develop, write)."""
+    from .camera import develop, fuse_raw, save_camera_image
+
+    headerless = None
+    if args.raw_size is not None or args.raw_bits is not None:
+        missing = [n for n, v in (("--raw-size", args.raw_size), ("--raw-bits", args.raw_bits), ("--cfa", args.cfa)) if v is None]
+        if missing:
+            raise ValueError(f"headerless raw input needs {', '.join(missing)}")
+        w, h = args.raw_size
+        headerless = dict(width=w, height=h, bits=args.raw_bits, cfa=args.cfa)
+        if args.black_level is not None:
+            headerless["black_level"] = args.black_level
+        if args.white_level is not None:
+            headerless["white_level"] = args.white_level
+    elif args.cfa is not None:
+        raise ValueError("--cfa: RAW files carry their own CFA pattern (--cfa is for headerless dumps)")
+    out = Path(args.output)
+    linear = args.linear if args.linear is not None else out.suffix.lower() == ".dng"
+    cam = fuse_raw(
+        args.frames,
+        scale=args.scale,
+        reference="auto" if args.reference is None else args.reference,
+        noise=None if args.noise is None else tuple(args.noise),
+        headerless=headerless,
+        progress=not args.quiet,
+    )
+    info = cam.reference_info
+
+    def dev(image: np.ndarray, *, for_viewing: bool = False) -> np.ndarray:
+        if image.ndim == 2:  # single-frame baseline of a mosaic is RGB already; grey never happens
+            image = np.repeat(image[..., None], 3, axis=2)
+        return develop(
+            image, info, linear=linear and not for_viewing,
+            exposure=args.exposure, tone=args.tone, sharpen=args.sharpen,
+        )
+
+    save_camera_image(out, dev(cam.fusion.image), info, linear=linear, dtype=args.dtype)
+    if not args.quiet:
+        alpha, beta = cam.fusion.noise
+        print(
+            f"{len(cam.burst)} {cam.burst.cfa} frames; reference frame {cam.fusion.reference} "
+            f"({cam.reference_rule}: {info.path.name if info.path else '?'}); noise alpha {alpha:.3g}, "
+            f"beta {beta:.3g} ({cam.noise_source}); output {'linear camera RGB' if linear else 'finished sRGB'}"
+        )
+    return cam.fusion, cam.burst.frames, cam.burst.cfa, dev
+
+
+def _fuse_images(args: argparse.Namespace):
+    """Fuse PNG/TIFF/JPEG frames; returns (result, frames, cfa, develop)."""
     from .fusion import fuse
     from .image_io import read_frames, write_image
+    from .sharpness import sharpest_frame
 
-    out = Path(args.output)
     frames, infos = read_frames(
         args.frames,
         transfer=args.transfer,
-        black_level=args.black_level,
+        black_level=0.0 if args.black_level is None else args.black_level,
         white_level=args.white_level,
     )
     if args.cfa is None and frames.ndim == 3 and not args.quiet:
         print("mfsr: single-channel frames without --cfa are fused as grey images", file=sys.stderr)
-    t0 = time.perf_counter()
+    reference = 0 if args.reference is None else args.reference
+    if reference == "auto":
+        reference = sharpest_frame(frames, args.cfa)
     result = fuse(
         frames,
         scale=args.scale,
         cfa=args.cfa,
-        reference=args.reference,
+        reference=reference,
+        noise=None if args.noise is None else tuple(args.noise),
         progress=not args.quiet,
     )
-    elapsed = time.perf_counter() - t0
     transfer = args.output_transfer or infos[0].transfer
-    write_image(out, result.image, transfer=transfer, dtype=args.dtype)
+    write_image(args.output, result.image, transfer=transfer, dtype=args.dtype)
+    return result, frames, args.cfa, lambda image, for_viewing=False: image
+
+
+def _cmd_fuse(args: argparse.Namespace) -> int:
+    from .image_io import write_image
+
+    out = Path(args.output)
+    t0 = time.perf_counter()
+    if _is_raw_input(args):
+        result, frames, cfa, dev = _fuse_raw(args)
+    else:
+        if out.suffix.lower() == ".dng":
+            raise ValueError(f"{out}: DNG output needs a RAW burst (PNG/TIFF inputs have no camera metadata)")
+        result, frames, cfa, dev = _fuse_images(args)
+    elapsed = time.perf_counter() - t0
     if args.save_confidence:
         conf_path = Path(args.save_confidence)
         if conf_path.suffix.lower() in (".tif", ".tiff"):
@@ -160,6 +322,10 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         else:  # integer formats get the map scaled to its maximum
             conf = result.confidence / max(float(result.confidence.max()), 1e-12)
             write_image(conf_path, conf, dtype="uint16")
+    if args.save_flow:
+        _save_flow(Path(args.save_flow), result.flow)
+    if args.report:
+        _save_report(Path(args.report), result, frames, cfa, dev)
     if not args.quiet:
         h, w = frames.shape[1:3]
         ho, wo = result.image.shape[:2]
@@ -168,6 +334,44 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
             f"in {elapsed:.2f} s: {out}"
         )
     return 0
+
+
+def _save_flow(path: Path, flow: np.ndarray) -> None:
+    from .atomic_file import atomic_output
+    from .image_io import write_image
+    from .report import flow_overview
+
+    if path.suffix.lower() == ".npy":
+        with atomic_output(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, flow)
+    elif path.suffix.lower() == ".png":
+        write_image(path, flow_overview(flow) / 255.0, dtype="uint8")
+    else:
+        raise ValueError(f"--save-flow: expected a .png or .npy path, got {path}")
+
+
+def _save_report(path: Path, result, frames: np.ndarray, cfa: str | None, dev) -> None:
+    from .baselines import single_frame_upscale
+    from .image_io import write_image
+    from .report import comparison_picture, detail_crop, difference_map
+
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--report: expected a .png path, got {path}")
+    single = dev(single_frame_upscale(frames[result.reference], result.scale, cfa=cfa), for_viewing=True)
+    fused = dev(result.image, for_viewing=True)
+    diff, limit = difference_map(fused, single)
+    picture = comparison_picture(
+        [
+            ("reference frame alone, demosaicked + bicubic", single),
+            (f"mfsr, {len(frames)} frames fused", fused),
+            (f"fused - single (red +, blue -, full at {limit:.2f})", diff),
+        ],
+        crop=detail_crop(fused, 256),
+        zoom=1,
+        max_width=1800,
+    )
+    write_image(path, picture / 255.0, dtype="uint8")
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -187,6 +391,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             f"--image: {args.image!r} is neither an image file nor a bundled photo "
             f"({', '.join(SAMPLE_IMAGES)})"
         )
+    if args.format == "dng" and args.cfa is None:
+        raise ValueError("--format dng: DNG frames are Bayer mosaics; give --cfa")
     burst = simulate_burst(
         image,
         n_frames=args.frames,
@@ -201,9 +407,17 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     )
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    # float32 TIFF keeps noise below black and above white exactly as simulated
     for k, frame in enumerate(burst.frames):
-        write_image(out / f"frame-{k:03d}.tif", frame, dtype="float32")
+        if args.format == "dng":
+            from .dng import write_dng
+
+            # 12-bit with a black level of 64 keeps noise below black, as a sensor does
+            write_dng(
+                out / f"frame-{k:03d}.dng", frame, cfa=burst.cfa, black_level=64, white_level=4095,
+                noise_profile=[burst.noise] if any(burst.noise) else None, camera_model="mfsr simulate",
+            )
+        else:  # float32 TIFF keeps noise below black and above white exactly as simulated
+            write_image(out / f"frame-{k:03d}.tif", frame, dtype="float32")
     write_image(out / "truth.tif", burst.ground_truth, dtype="float32")
     np.save(out / "flow.npy", burst.flow)
     meta = {

@@ -18,8 +18,8 @@ from .cfa import demosaic_bilinear
 from .fusion import fuse
 from .image_io import write_image
 from .metrics import psnr, ssim
+from .report import comparison_picture
 from .synth import sample_image, simulate_burst
-from .transfer import linear_to_srgb
 
 #: Simulation settings of the demo: an 8-frame RGGB burst with moderate noise.
 DEMO_SETTINGS = dict(
@@ -30,61 +30,6 @@ DEMO_SETTINGS = dict(
     alpha=2e-4,
     beta=2e-6,
 )
-
-
-def _label(panel: np.ndarray, text: str) -> np.ndarray:
-    from PIL import Image, ImageDraw
-
-    im = Image.fromarray(panel)
-    draw = ImageDraw.Draw(im)
-    draw.rectangle((0, 0, 8 + 7 * len(text), 16), fill=(0, 0, 0))
-    draw.text((4, 3), text, fill=(255, 255, 255))
-    return np.asarray(im)
-
-
-def comparison_picture(
-    panels: list[tuple[str, np.ndarray]], *, crop: tuple[int, int, int] | None = None, zoom: int = 3
-) -> np.ndarray:
-    """Side-by-side picture of linear images of one size, labelled.
-
-    Parameters
-    ----------
-    panels : list of (title, image)
-        Linear grey (H, W) or RGB (H, W, 3) images of one shape.
-    crop : (y, x, size), optional
-        Add a second row with this square region of every panel, enlarged
-        ``zoom`` times by pixel replication so single pixels can be seen.
-
-    Returns
-    -------
-    ndarray of uint8, shape (rows, cols, 3), sRGB-encoded
-    """
-
-    def encode(image: np.ndarray) -> np.ndarray:
-        rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
-        return np.rint(np.clip(linear_to_srgb(rgb), 0, 1) * 255).astype(np.uint8)
-
-    def strip(images: list[tuple[str, np.ndarray]]) -> np.ndarray:
-        gap = np.full((images[0][1].shape[0], 4, 3), 255, np.uint8)
-        row = []
-        for i, (title, enc) in enumerate(images):
-            row += [_label(enc, title)] + ([gap] if i + 1 < len(images) else [])
-        return np.concatenate(row, axis=1)
-
-    encoded = [(title, encode(image)) for title, image in panels]
-    rows = [strip(encoded)]
-    if crop is not None:
-        y, x, size = crop
-        zoomed = [
-            (f"{title} (x{zoom})", np.kron(enc[y : y + size, x : x + size], np.ones((zoom, zoom, 1), np.uint8)))
-            for title, enc in encoded
-        ]
-        bottom = strip(zoomed)
-        pad = rows[0].shape[1] - bottom.shape[1]
-        if pad > 0:
-            bottom = np.pad(bottom, ((0, 0), (0, pad), (0, 0)), constant_values=255)
-        rows += [np.full((4, rows[0].shape[1], 3), 255, np.uint8), bottom[:, : rows[0].shape[1]]]
-    return np.concatenate(rows, axis=0)
 
 
 def run_demo(

@@ -10,7 +10,6 @@ leaves a half-written output.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic_file import atomic_output
 from .transfer import linear_to_srgb, srgb_to_linear
 
 READ_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -253,7 +253,12 @@ def expand_inputs(
     return files
 
 
-def _to_integer(image: np.ndarray, bits: int, path: Path, clip: bool) -> np.ndarray:
+def quantize(image: np.ndarray, bits: int, path: Path, clip: bool = False) -> np.ndarray:
+    """Round [0, 1] values to ``bits``-bit integers (uint8 or uint16).
+
+    Values outside [0, 1] are clipped; unless ``clip`` is True a warning
+    naming ``path`` counts them, so nothing is lost silently.
+    """
     top = (1 << bits) - 1
     outside = np.count_nonzero((image < 0) | (image > 1))
     if outside and not clip:
@@ -275,6 +280,7 @@ def write_image(
     transfer: str = "linear",
     dtype: str | None = None,
     clip: bool = False,
+    orientation: int = 1,
 ) -> Path:
     """Write a linear float image atomically as PNG or TIFF.
 
@@ -293,6 +299,10 @@ def write_image(
         Integer outputs cannot hold values outside [0, 1]. By default those
         are clipped with a warning that counts them; ``clip=True`` asks for
         the clipping (e.g. for previews) and silences the warning.
+    orientation : int
+        EXIF/TIFF orientation code (1 to 8) stored in a TIFF's Orientation
+        tag, so viewers turn a sensor-oriented image upright; PNG has no such
+        tag (rotate the pixels first with :func:`mfsr.finishing.apply_orientation`).
 
     Returns
     -------
@@ -317,6 +327,8 @@ def write_image(
         raise ValueError(f"dtype: expected uint8, uint16 or float32, got {dtype!r}")
     if dtype == "float32" and suffix == ".png":
         raise ValueError("dtype: PNG cannot store float32 samples; use a .tif output")
+    if orientation not in range(1, 9):
+        raise ValueError(f"orientation: expected an EXIF orientation code 1 to 8, got {orientation!r}")
     if not path.parent.exists():
         raise FileNotFoundError(f"{path.parent}: output folder does not exist")
 
@@ -324,12 +336,9 @@ def write_image(
     if dtype == "float32":
         data = values.astype(np.float32)
     else:
-        data = _to_integer(values, 8 if dtype == "uint8" else 16, path, clip)
+        data = quantize(values, 8 if dtype == "uint8" else 16, path, clip)
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_output(path) as tmp:
         if suffix == ".png":
             _write_png(tmp, data)
         else:
@@ -341,11 +350,8 @@ def write_image(
                 photometric="rgb" if data.ndim == 3 else "minisblack",
                 compression="zlib",
                 metadata=None,
+                extratags=[(274, "H", 1, orientation, True)] if orientation != 1 else (),
             )
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -34,6 +34,8 @@ _NOISE_PROFILE_TAG = 51041
 _ISO_TAG = 34855
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
 _HEADERLESS_BITS = (10, 12, 14, 16)
+# LibRaw's sizes.flip -> EXIF orientation code.
+_FLIP_TO_EXIF = {0: 1, 3: 3, 5: 8, 6: 6}
 
 
 @dataclass
@@ -72,6 +74,10 @@ class RawFrame:
         plane (P = 1 when one pair serves all planes), such that the variance of
         a normalised sample of mean ``x`` is ``alpha * x + beta``. None when
         absent.
+    orientation : int
+        EXIF/TIFF orientation code (1 = as stored, 3 = rotated 180 degrees,
+        6 = rotate 90 degrees clockwise to view, 8 = counter-clockwise); the
+        mosaic itself is always in sensor orientation.
     path : Path or None
         File the frame came from.
     """
@@ -85,6 +91,7 @@ class RawFrame:
     iso: float | None = None
     exposure_time: float | None = None
     noise_profile: np.ndarray | None = None
+    orientation: int = 1
     path: Path | None = None
 
     @property
@@ -216,6 +223,7 @@ def read_raw(path: str | os.PathLike) -> RawFrame:
             cam_wb = np.asarray(raw.camera_whitebalance, np.float64)
             cm = np.asarray(raw.color_matrix, np.float64)[:3, :3]
             other = raw.other
+            orientation = _FLIP_TO_EXIF.get(int(raw.sizes.flip), 1)
     except rawpy.LibRawError as exc:
         msg = exc.args[0] if exc.args else ""
         if isinstance(msg, bytes):
@@ -238,6 +246,7 @@ def read_raw(path: str | os.PathLike) -> RawFrame:
         iso=float(other.iso_speed) if other.iso_speed > 0 else tiff_iso,
         exposure_time=float(other.shutter_speed) if other.shutter_speed > 0 else None,
         noise_profile=profile,
+        orientation=orientation,
         path=path,
     )
 
@@ -369,6 +378,70 @@ def read_burst(paths_or_folder: str | os.PathLike | Sequence[str | os.PathLike])
                 raise ValueError(f"{p}: CFA pattern {f.cfa} differs from {ref.cfa} of {ref.path}")
         frames.append(f)
     return frames
+
+
+@dataclass
+class RawBurst:
+    """A burst of RAW frames of one sensor: the stacked mosaics and their metadata.
+
+    Attributes
+    ----------
+    frames : ndarray of float32, shape (N, H, W)
+        Normalised mosaics (see :class:`RawFrame`), in burst order.
+    cfa : str
+        Bayer pattern shared by all frames.
+    info : list of RawFrame
+        Per-frame metadata; their ``mosaic`` attributes are views of
+        ``frames``, not copies.
+    """
+
+    frames: np.ndarray
+    cfa: str
+    info: list[RawFrame]
+
+    def __len__(self) -> int:
+        return len(self.info)
+
+    def noise_model(self, reference: int = 0) -> tuple[float, float] | None:
+        """``(alpha, beta)`` from the reference frame's DNG NoiseProfile, or None.
+
+        With one pair per colour plane the pairs are averaged: the fusion
+        takes one model for all samples, and the planes of a Bayer sensor
+        differ by their white-balance gain only in the developed image, not
+        in the raw samples the profile describes.
+        """
+        profile = self.info[reference].noise_profile
+        if profile is None:
+            return None
+        alpha, beta = np.asarray(profile, np.float64).mean(axis=0)
+        return float(alpha), float(beta)
+
+
+def load_burst(paths_or_folder, **headerless) -> RawBurst:
+    """Read a RAW burst into one :class:`RawBurst`.
+
+    Parameters
+    ----------
+    paths_or_folder : path-like or sequence of path-like
+        As for :func:`read_burst`.
+    **headerless
+        When given (``width``, ``height``, ``bits``, ``cfa`` and optionally
+        ``black_level``, ``white_level``, ``byteorder``), every file is read
+        with :func:`read_headerless` instead of LibRaw.
+
+    Returns
+    -------
+    RawBurst
+    """
+    if headerless:
+        paths = expand_inputs(paths_or_folder, suffixes=RAW_SUFFIXES, argname="paths_or_folder")
+        frames = [read_headerless(p, **headerless) for p in paths]
+    else:
+        frames = read_burst(paths_or_folder)
+    mosaics = stack(frames)
+    for k, f in enumerate(frames):
+        f.mosaic = mosaics[k]
+    return RawBurst(frames=mosaics, cfa=frames[0].cfa, info=frames)
 
 
 def stack(frames: Sequence[RawFrame]) -> np.ndarray:
