@@ -2,7 +2,7 @@
 
 ::
 
-    mfsr fuse FRAMES... -o OUT --scale S [--cfa P]   fuse a burst of PNG/TIFF files
+    mfsr fuse FRAMES... -o OUT --scale S [--cfa P]   fuse a burst: RAW/DNG, PNG/TIFF/JPEG files
     mfsr simulate -o DIR [...]                       make a synthetic burst with known motion
     mfsr demo [-o DIR]                               simulate, fuse and compare on a bundled photo
 
@@ -75,10 +75,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser(
         "fuse",
-        help="fuse a burst of PNG/TIFF/JPEG frames",
+        help="fuse a burst of RAW/DNG or PNG/TIFF/JPEG frames",
         description="Register and fuse a burst of frames (files in the order given, or "
-        "the image files of a folder sorted by name). 8-bit files are read as sRGB and "
-        "16-bit/float files as linear unless --transfer says otherwise.",
+        "the frames of a folder sorted by name). Camera RAW files (DNG, CR2, NEF, ARW...) "
+        "are fused from their mosaics and finished to sRGB unless --linear. Image files: "
+        "8-bit is read as sRGB and 16-bit/float as linear unless --transfer says otherwise.",
     )
     f.add_argument("frames", nargs="+", metavar="FRAMES", help="image files or one folder")
     f.add_argument("-o", "--output", required=True, help="output .png, .tif or .tiff")
