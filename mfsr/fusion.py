@@ -185,12 +185,20 @@ class FusionResult:
         fraction of it that was merged.
     transforms : ndarray of float64, shape (N, 3, 3), or None
         Global transforms estimated with ``geometry=``: in input pixel
-        coordinates, (x, y, 1) column vectors (OpenCV/kornia convention),
-        mapping a point of the reference frame to its position in frame k
-        (identity for the reference). None when no global model was asked for.
+        coordinates (raw px for CFA input), (x, y, 1) column vectors
+        (OpenCV/kornia convention), mapping a point of the reference frame to
+        its position in frame k (identity for the reference). With known
+        lens coefficients they act on rectified (undistorted) coordinates.
+        None when no global model was asked for (``geometry=None``, unless
+        ``distortion="estimate"``, which fits a homography).
     refinement : ndarray of float32, same shape as ``image``, or None
         What the refinement network changed: ``image`` minus the plain fusion
         (None with ``refine=False``), so users can see where detail was added.
+    distortion : ndarray of float64, shape (N, 5), or None
+        Brown-Conrady coefficients (OpenCV order k1, k2, p1, p2, k3) of each
+        frame: the given lens with ``distortion=`` coefficients, the
+        estimated radial distortion relative to the reference (k1 only, zero
+        for the reference) with ``distortion="estimate"``; None otherwise.
     """
 
     image: np.ndarray
@@ -203,6 +211,7 @@ class FusionResult:
     robustness: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     transforms: np.ndarray | None = None
     refinement: np.ndarray | None = None
+    distortion: np.ndarray | None = None
 
 
 def _flow_spread(flow: np.ndarray, shape: tuple[int, int], guide_bin: int, cell: int) -> np.ndarray:
@@ -356,13 +365,24 @@ def fuse(
         Fusion parameters; tuned defaults when None.
     registration : RegistrationParams, optional
         Registration parameters, when ``flow`` is None.
-    geometry : {None, "affine", "homography"}
-        Global motion model estimated before the local registration (see
-        :mod:`mfsr.geometry`); the returned ``transforms`` hold it.
+    geometry : {None, "translation", "similarity", "affine", "homography"}
+        Global motion model estimated before the local registration
+        (:mod:`mfsr.geometry`): fitted robustly to the tile motion (RANSAC,
+        then Tukey-weighted Gauss-Newton with the tiles' LK uncertainty as
+        prior weights) and refined by robust photometric alignment; the
+        local registration then starts every tile from it and finds only the
+        residual, and fusion uses the composed flow (each frame resampled
+        once). The returned ``transforms`` hold the model.
     distortion : None, sequence of float or "estimate"
-        Lens distortion: known Brown-Conrady coefficients (the output is then
-        rectified) or ``"estimate"`` for the relative distortion between
-        frames (focus breathing).
+        Lens distortion. Known Brown-Conrady coefficients, OpenCV order
+        ``(k1[, k2[, p1, p2[, k3]]])`` (1, 2, 4 or 5 values) in normalised
+        coordinates of the default camera matrix (principal point at the
+        frame centre, focal length ``max(H, W)`` input px): the output is
+        then *rectified*, on the undistorted pixel grid of the reference, so
+        the reference's own flow is nonzero. ``"estimate"``: a relative
+        radial distortion per frame (focus breathing), returned in
+        ``FusionResult.distortion``; the output stays in the reference's
+        geometry.
     progress : bool
         Show a progress bar per frame.
 
@@ -377,7 +397,11 @@ def fuse(
     ------
     ValueError, TypeError
         On invalid input; the message names the argument (``frames``,
-        ``cfa``, ``reference``, ``scale``, ``flow``, ``noise``).
+        ``cfa``, ``reference``, ``scale``, ``flow``, ``noise``,
+        ``geometry``, ``distortion``): an unknown model, a wrong number of
+        coefficients, a lens that folds the image, an estimated transform
+        that is degenerate, or ``flow`` given together with ``geometry`` or
+        ``distortion``.
     NotImplementedError
         If ``refine`` is True.
 
@@ -388,7 +412,12 @@ def fuse(
     flows). When ``fuse`` registers the burst, the robustness gain drops
     where the registration's own tile motion is irregular
     (:func:`mfsr.registration.flow_irregularity`); with a given ``flow`` the
-    same spread is measured on ``irregularity_cell``-px cells of it. The anisotropic
+    same spread is measured on ``irregularity_cell``-px cells of it (with
+    ``geometry``/``distortion``, the spread of the *residual* tile motion, so
+    a smooth global warp does not lower the robustness). With a known lens
+    the robustness guide and the low-weight fallback use the reference
+    resampled onto the rectified grid (a re-mosaiced bilinear demosaic for
+    CFA input), consistent with its nonzero flow. The anisotropic
     kernel uses the corrected anisotropy ``A = 1 + sqrt((l1 - l2)/(l1 + l2))``
     and thresholds the gradient in units of the noise, so the same
     parameters serve clean and noisy bursts.
@@ -428,10 +457,25 @@ def fuse(
         alpha, beta = _check_noise(noise)
     spreads: list = [None] * n
     transforms = None
+    lens = None
+    ref_frame = burst[reference]
     if geometry is not None or distortion is not None:
-        # Filled in by issue 6 (mfsr.geometry): global model + lens, composed with the local flow.
-        raise NotImplementedError("geometry, distortion: global geometry correction is not available yet")
-    if flow is None:
+        from .geometry import check_geometry_args, global_registration
+
+        check_geometry_args(geometry, distortion, (h, w))
+        if flow is not None:
+            raise ValueError(
+                "flow: a precomputed flow cannot be combined with geometry= or distortion= "
+                "(the global model is estimated from the registration)"
+            )
+        glob = global_registration(
+            burst, cfa, reference, geometry, distortion, registration,
+            frames=_frames(n, progress, "register"),
+        )
+        flows, spreads, transforms, lens = glob.flows, glob.spreads, glob.transforms, glob.distortion
+        if glob.reference_frame is not None:
+            ref_frame = glob.reference_frame
+    elif flow is None:
         if n == 1:
             flows = np.zeros((n, h, w, 2), np.float32)
         else:
@@ -451,7 +495,9 @@ def fuse(
         return frame[..., None] if frame.ndim == 2 else frame
 
     taps = np.asarray(p.robustness_mean_taps, np.float32)
-    ref3 = as3(burst[reference])
+    # with a known lens the output grid is rectified: guide and fallback use
+    # the reference resampled onto it (its own flow is nonzero then)
+    ref3 = as3(ref_frame)
     ref_guide = guide_image(ref3, cell, is_cfa)
     ref_mean, ref_var = local_stats(ref_guide, taps)
     num = np.zeros((ho, wo, nc), np.float32)
@@ -503,4 +549,5 @@ def fuse(
         noise=(float(alpha), float(beta)),
         robustness=mean_rob,
         transforms=transforms,
+        distortion=lens,
     )

@@ -433,6 +433,31 @@ def _fill_uncertain(disp: np.ndarray, sd: np.ndarray, threshold: float | None) -
     return out
 
 
+def _prior_at_tiles(prior: np.ndarray, reference: ReferencePyramid) -> np.ndarray:
+    """A dense input-px flow sampled (bilinearly) at the finest tile centres,
+    in registration px: (TY, TX, 2) float32."""
+    prior = np.asarray(prior)
+    h, w = reference.input_shape[:2]
+    if prior.shape != (h, w, 2):
+        raise ValueError(f"prior: expected shape {(h, w, 2)} (H, W, 2), got {prior.shape}")
+    if not np.isfinite(prior).all():
+        raise ValueError("prior: NaN or infinite values")
+    from scipy.ndimage import map_coordinates
+
+    g = reference.grids[0]
+    f = reference.grid_factor
+    cy, cx = g.centre0
+    yy, xx = np.meshgrid(
+        f * (cy + g.stride * np.arange(g.n_ty) + 0.5) - 0.5,
+        f * (cx + g.stride * np.arange(g.n_tx) + 0.5) - 0.5,
+        indexing="ij",
+    )
+    out = np.empty((g.n_ty, g.n_tx, 2), np.float32)
+    for c in range(2):
+        out[..., c] = map_coordinates(prior[..., c].astype(np.float64), [yy, xx], order=1, mode="nearest") / f
+    return out
+
+
 def _reject_outliers(disp: np.ndarray, threshold: float | None) -> np.ndarray:
     """Replace tiles deviating from their 3x3 median by more than ``threshold``."""
     if threshold is None or min(disp.shape[:2]) < 2:
@@ -534,7 +559,9 @@ def _candidates(
     return cand
 
 
-def align_frame(reference: ReferencePyramid, frame: np.ndarray) -> TileMotion:
+def align_frame(
+    reference: ReferencePyramid, frame: np.ndarray, prior: np.ndarray | None = None
+) -> TileMotion:
     """Tile motion of one frame relative to the prepared reference.
 
     Parameters
@@ -544,11 +571,24 @@ def align_frame(reference: ReferencePyramid, frame: np.ndarray) -> TileMotion:
     frame : ndarray
         Frame of the same shape and kind as the reference frame (mosaic,
         grey or RGB), linear float values.
+    prior : ndarray of float, shape (H, W, 2), optional
+        Known part of the flow on the input grid (DESIGN.md convention,
+        input px), e.g. a global transform's (:mod:`mfsr.geometry`). The
+        coarse levels are then skipped: each finest tile starts from the
+        prior at its centre, block matching searches
+        ``fine_search_radius`` integer px around it and Lucas-Kanade refines
+        from there on the frame itself (no resampling), so only the
+        residual is searched for. Neighbour filling of uncertain tiles and
+        the smoothing act on the residual, so flat or noisy tiles follow the
+        prior.
 
     Returns
     -------
     TileMotion
         Sub-pixel displacement of every finest tile; see :func:`dense_flow`.
+        With ``prior`` the displacements are the *residual* (total minus
+        the prior at the tile centres): the dense flow is ``prior +
+        dense_flow(motion, shape)``.
     """
     if not isinstance(reference, ReferencePyramid):
         raise TypeError(
@@ -563,10 +603,27 @@ def align_frame(reference: ReferencePyramid, frame: np.ndarray) -> TileMotion:
         )
     p = reference.params
     grey = registration_image(frame, reference.cfa)
-    n_levels = len(reference.levels)
-    levels = _pyramid(grey, p, n_levels)
-    disp = None
+    prior_tiles = None
+    if prior is not None:
+        prior_tiles = _prior_at_tiles(prior, reference)
+        n_levels = 1
+        levels = _pyramid(grey, p, 1)
+        g = reference.grids[0]
+        base = np.rint(prior_tiles).astype(np.int32)
+        disp, _ = block_match(
+            reference.levels[0], levels[0], g.origin_y, g.origin_x, g.stride, g.tile,
+            np.ascontiguousarray(base[:, :, None, :]), p.fine_search_radius, True,
+        )
+        corr = _reject_outliers((disp - base).astype(np.int32), p.outlier_threshold)
+        # start LK from the prior plus the integer correction block matching found
+        disp = prior_tiles + corr
+    else:
+        n_levels = len(reference.levels)
+        levels = _pyramid(grey, p, n_levels)
+        disp = None
     for lv in range(n_levels - 1, -1, -1):
+        if prior_tiles is not None:
+            break
         g = reference.grids[lv]
         if disp is None:
             cand = np.zeros((g.n_ty, g.n_tx, 1, 2), np.int32)
@@ -593,11 +650,16 @@ def align_frame(reference: ReferencePyramid, frame: np.ndarray) -> TileMotion:
         # the residual variance understates the white-noise variance that
         # drives the estimate's error by that factor.
         sd *= np.float32(max(1.0, np.sqrt(4 * np.pi) * p.prefilter_sigma))
+        if prior_tiles is not None:
+            sub = sub - prior_tiles
         sub = _fill_uncertain(sub, sd, p.max_uncertainty)
         if p.smoothing_radius > 0:
-            sub = smooth_tiles(sub, p.smoothing_radius, p.smoothing_threshold)
+            sub = smooth_tiles(np.ascontiguousarray(sub, dtype=np.float32), p.smoothing_radius,
+                               p.smoothing_threshold)
     else:
         sub, sd = init, None
+        if prior_tiles is not None:
+            sub = sub - prior_tiles
     cy, cx = g.centre0
     return TileMotion(
         centre_y=cy,

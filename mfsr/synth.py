@@ -58,6 +58,7 @@ __all__ = [
     "lowres_shape",
     "sample_image",
     "simulate_burst",
+    "simulate_geometric_burst",
 ]
 
 #: Names accepted by :func:`sample_image`: photographs bundled with
@@ -792,5 +793,282 @@ def simulate_burst(
         reference=ref,
         noise=(float(alpha), float(beta)),
         motion_mask=motion_mask,
+        params=params,
+    )
+
+
+# ---------------------------------------------------------------------------
+# global geometry: per-frame homographies and Brown-Conrady lenses
+
+
+def _homography_from_corners(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """(3, 3) matrix mapping four (x, y) points ``src`` exactly onto ``dst``."""
+    a = []
+    for (x, y), (u, v) in zip(src, dst):
+        a.append([x, y, 1, 0, 0, 0, -u * x, -u * y, -u])
+        a.append([0, 0, 0, x, y, 1, -v * x, -v * y, -v])
+    _, _, vt = np.linalg.svd(np.asarray(a, np.float64))
+    m = vt[-1].reshape(3, 3)
+    return m / m[2, 2]
+
+
+def _apply_h(m: np.ndarray, x, y):
+    w = m[2, 0] * x + m[2, 1] * y + m[2, 2]
+    return (m[0, 0] * x + m[0, 1] * y + m[0, 2]) / w, (m[1, 0] * x + m[1, 1] * y + m[1, 2]) / w
+
+
+def _lens_distort(x, y, coeffs, K):
+    """Brown-Conrady (OpenCV order k1, k2, p1, p2, k3) on pixel (x, y)."""
+    k1, k2, p1, p2, k3 = coeffs
+    u, v = (x - K[0, 2]) / K[0, 0], (y - K[1, 2]) / K[1, 1]
+    r2 = u * u + v * v
+    rad = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
+    ud = u * rad + 2 * p1 * u * v + p2 * (r2 + 2 * u * u)
+    vd = v * rad + p1 * (r2 + 2 * v * v) + 2 * p2 * u * v
+    return ud * K[0, 0] + K[0, 2], vd * K[1, 1] + K[1, 2]
+
+
+def _lens_undistort(x, y, coeffs, K, iterations=50):
+    """Inverse of :func:`_lens_distort` by fixed-point iteration (to ~1e-10 px)."""
+    ux, uy = x, y
+    for _ in range(iterations):
+        dx, dy = _lens_distort(ux, uy, coeffs, K)
+        ux, uy = ux - (dx - x), uy - (dy - y)
+    return ux, uy
+
+
+class _GeometricMotion:
+    """Frame-to-reference mapping of a burst with homographies and a lens.
+
+    Frame pixel ``p`` (distorted, low-res px) -> undistorted frame pixel
+    ``U_k(p)`` -> rectified reference coordinate ``H_k^-1 U_k(p)``, plus an
+    optional local warp ``d_k(p)``. ``H_k`` maps rectified reference (x, y)
+    to rectified frame (x, y). ``R`` is the identity: the sub-squares of a
+    footprint are not turned (the homographies here are close to identity).
+    """
+
+    def __init__(self, H, coeffs, K, warp, shape):
+        self.H = np.asarray(H, np.float64)
+        self.Hinv = np.linalg.inv(self.H)
+        self.coeffs = None if coeffs is None else np.asarray(coeffs, np.float64)
+        self.K = K
+        self.R = np.eye(2)
+        self._local = _Motion((0.0, 0.0), 0.0, (0.0, 0.0), warp, shape)
+
+    def forward(self, y, x):
+        if self.coeffs is not None:
+            x, y = _lens_undistort(x, y, self.coeffs, self.K)
+        rx, ry = _apply_h(self.Hinv, x, y)
+        return ry, rx
+
+    def _to_frame(self, ry, rx):
+        x, y = _apply_h(self.H, rx, ry)
+        if self.coeffs is not None:
+            x, y = _lens_distort(x, y, self.coeffs, self.K)
+        return y, x
+
+    def inverse(self, ry, rx, tol=1e-7, max_iter=200):
+        py, px = self._to_frame(ry, rx)
+        if self._local.warp is None:
+            return py, px
+        for _ in range(max_iter):
+            dy, dx = self._local.displacement(py, px)
+            ny, nx = self._to_frame(ry - dy, rx - dx)
+            err = max(np.abs(ny - py).max(), np.abs(nx - px).max())
+            py, px = ny, nx
+            if err < tol:
+                break
+        return py, px
+
+    def full_forward(self, y, x):
+        ry, rx = self.forward(y, x)
+        dy, dx = self._local.displacement(y, x)
+        return ry + dy, rx + dx
+
+
+class _WarpedMotion:
+    """Adapter giving :func:`_render_general` the full forward map."""
+
+    def __init__(self, m: _GeometricMotion):
+        self.m = m
+        self.R = m.R
+
+    def forward(self, y, x):
+        return self.m.full_forward(y, x)
+
+
+def simulate_geometric_burst(
+    image: np.ndarray,
+    *,
+    n_frames: int = 8,
+    scale: float = 2.0,
+    cfa: str | None = None,
+    reference: int = 0,
+    max_shift: float = 2.0,
+    corner_shift: float = 0.0,
+    local_warp: float = 0.0,
+    distortion=None,
+    breathing: float = 0.0,
+    camera_matrix: np.ndarray | None = None,
+    blur_sigma: float = 0.0,
+    alpha: float = 0.0,
+    beta: float = 0.0,
+    seed: int = 0,
+) -> SimulatedBurst:
+    """Simulate a burst with per-frame homographies and a Brown-Conrady lens.
+
+    Frame ``k`` sees the scene through the homography ``H_k`` (rectified
+    reference (x, y) px to rectified frame px, ``(x, y, 1)`` column vectors)
+    and then the lens: frame pixel ``p`` shows the scene at rectified
+    reference coordinate ``H_k^-1(U_k(p)) + d_k(p)``, with ``U_k`` the
+    undistortion of frame ``k``'s lens (:mod:`mfsr.geometry` model and
+    default camera matrix) and ``d_k`` an optional smooth local warp. The
+    reference frame has ``H = I`` and no local warp. Footprints are
+    integrated as in :func:`simulate_burst` (sub-squares, not turned).
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (H, W, 3)
+        Linear-light scene (RGB for ``cfa``).
+    n_frames, scale, cfa, reference, blur_sigma, alpha, beta, seed
+        As in :func:`simulate_burst`.
+    max_shift : float
+        Common translation of the four image corners, uniform in
+        ``[-max_shift, max_shift]`` low-res px per axis.
+    corner_shift : float
+        Independent displacement of each corner on top of it, uniform in
+        ``[-corner_shift, corner_shift]`` px per axis; ``H_k`` is the
+        homography through the four displaced corners.
+    local_warp : float
+        Amplitude (px per axis) of a smooth random local displacement per
+        non-reference frame (see :func:`simulate_burst`).
+    distortion : sequence of float or None
+        Lens coefficients, OpenCV order ``(k1, k2, p1, p2, k3)`` (1, 2, 4 or
+        5 values), in the normalised coordinates of ``camera_matrix``.
+    breathing : float
+        Each non-reference frame's ``k1`` differs from the reference's by a
+        uniform draw in ``[-breathing, breathing]`` (focus breathing).
+    camera_matrix : ndarray (3, 3), optional
+        Low-res pixel camera matrix; principal point at the centre and focal
+        ``max(h, w)`` px by default.
+
+    Returns
+    -------
+    SimulatedBurst
+        ``ground_truth`` is the *rectified* scene on the output grid;
+        ``flow`` is the true flow on the reference's (distorted) input grid
+        (DESIGN.md convention, zero for the reference). ``params`` adds
+        ``homographies`` (N, 3, 3), ``distortion`` (N, 5) per-frame
+        coefficients (zeros without a lens), ``camera_matrix`` (3, 3) and
+        ``rectified_flow`` (N, h, w, 2): for every frame (the reference
+        included) the position in it of rectified reference pixel ``u``,
+        minus ``u`` -- the flow a rectifying fusion uses.
+    """
+    img = np.asarray(image)
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
+        raise ValueError(f"image: expected shape (H, W) or (H, W, 3), got {img.shape}")
+    if not np.issubdtype(img.dtype, np.floating):
+        raise TypeError(f"image: expected linear float values in [0, 1], got dtype {img.dtype}")
+    img = np.ascontiguousarray(img, dtype=np.float32)
+    s = check_scale(scale)
+    if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 1:
+        raise ValueError(f"n_frames: expected a positive integer, got {n_frames!r}")
+    n = int(n_frames)
+    ref = check_reference(reference, n)
+    if cfa is not None:
+        cfa = check_pattern(cfa)
+        if img.ndim != 3:
+            raise ValueError(f"cfa: a CFA burst ({cfa}) needs an RGB image (H, W, 3), got {img.shape}")
+    for nm, v in (("max_shift", max_shift), ("corner_shift", corner_shift), ("local_warp", local_warp),
+                  ("breathing", breathing), ("blur_sigma", blur_sigma), ("alpha", alpha), ("beta", beta)):
+        if not np.isfinite(v) or v < 0:
+            raise ValueError(f"{nm}: expected a finite number >= 0, got {v!r}")
+    H_, W_ = img.shape[:2]
+    h, w = lowres_shape((H_, W_), s)
+    if h < 4 or w < 4:
+        raise ValueError(f"image: {H_}x{W_} is too small for scale {s}")
+    oh, ow = int(round(h * s)), int(round(w * s))
+    K = (np.array([[max(h, w), 0, (w - 1) / 2], [0, max(h, w), (h - 1) / 2], [0, 0, 1]], np.float64)
+         if camera_matrix is None else np.asarray(camera_matrix, np.float64))
+    if distortion is None:
+        base = None
+    else:
+        d = np.asarray(distortion, np.float64).ravel()
+        if d.size not in (1, 2, 4, 5) or not np.isfinite(d).all():
+            raise ValueError(f"distortion: expected 1, 2, 4 or 5 finite coefficients, got {distortion!r}")
+        base = np.zeros(5)
+        base[: d.size] = d
+    if breathing > 0 and base is None:
+        base = np.zeros(5)
+
+    rng = np.random.default_rng(seed)
+    corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
+    Hs = np.tile(np.eye(3), (n, 1, 1))
+    coeffs = np.zeros((n, 5))
+    motions = []
+    for k in range(n):
+        t = rng.uniform(-max_shift, max_shift, 2)
+        jit = rng.uniform(-corner_shift, corner_shift, (4, 2))
+        dk1 = rng.uniform(-breathing, breathing)
+        warp = _draw_warp(rng, local_warp) if local_warp > 0 else None
+        if k != ref:
+            Hs[k] = _homography_from_corners(corners, corners + t + jit)
+        else:
+            warp, dk1 = None, 0.0
+        c = None
+        if base is not None:
+            c = base.copy()
+            c[0] += dk1
+            coeffs[k] = c
+        motions.append(_GeometricMotion(Hs[k], c, K, warp, (h, w)))
+
+    nch = 1 if img.ndim == 2 else 3
+    q = int(math.ceil(s - 1e-9))
+    frame_shape = (n, h, w) if (cfa is not None or nch == 1) else (n, h, w, 3)
+    frames = np.empty(frame_shape, np.float32)
+    for c in range(nch):
+        sharp = img if nch == 1 else np.ascontiguousarray(img[..., c])
+        scene = ndimage.gaussian_filter(sharp, blur_sigma, mode="reflect") if blur_sigma > 0 else sharp
+        for k in range(n):
+            _render_channel(scene, c, frames[k], _WarpedMotion(motions[k]), s, cfa, False, q)
+    for k in range(n):
+        f = frames[k]
+        if alpha > 0:
+            lam = np.maximum(f, 0.0).astype(np.float64) / alpha
+            f[...] = (alpha * rng.poisson(lam)).astype(np.float32)
+        if beta > 0:
+            f += np.float32(math.sqrt(beta)) * rng.standard_normal(f.shape, dtype=np.float32)
+
+    yy, xx = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
+    flow = np.zeros((n, h, w, 2), np.float32)
+    rect = np.zeros((n, h, w, 2), np.float32)
+    ry, rx = motions[ref].forward(yy, xx)  # reference pixel -> rectified coordinate
+    for k in range(n):
+        py, px = motions[k].inverse(yy, xx)
+        rect[k, ..., 0], rect[k, ..., 1] = py - yy, px - xx
+        if k != ref:
+            py, px = motions[k].inverse(ry, rx)
+            flow[k, ..., 0], flow[k, ..., 1] = py - yy, px - xx
+    params = {
+        "homographies": Hs,
+        "distortion": coeffs,
+        "camera_matrix": K,
+        "rectified_flow": rect,
+        "warp": [m._local.warp for m in motions],
+        "lowres_shape": (h, w),
+        "blur_sigma": float(blur_sigma),
+        "seed": seed,
+        "q": q,
+        "path": "general",
+    }
+    return SimulatedBurst(
+        frames=frames,
+        ground_truth=np.ascontiguousarray(img[:oh, :ow]),
+        flow=flow,
+        scale=s,
+        cfa=cfa,
+        reference=ref,
+        noise=(float(alpha), float(beta)),
+        motion_mask=None,
         params=params,
     )
