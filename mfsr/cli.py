@@ -148,6 +148,23 @@ def _build_parser() -> argparse.ArgumentParser:
         help="read headerless raw dumps of this size (16-bit words; needs --raw-bits and --cfa)",
     )
     raw.add_argument("--raw-bits", type=int, choices=(10, 12, 14, 16), help="bits per headerless sample")
+    geo = f.add_argument_group("satellite passes (georeferenced GeoTIFF, JPEG2000, ...)")
+    geo.add_argument(
+        "--mask",
+        nargs="+",
+        action="extend",
+        metavar="MASK",
+        help="cloud/quality mask per pass, in pass order (nonzero = invalid)",
+    )
+    geo.add_argument("--tile", type=int, default=1024, help="tile size in input pixels (default 1024)")
+    geo.add_argument(
+        "--scheduler",
+        default="threads",
+        help="'threads' (default, this machine) or distributed://host:port (a dask cluster)",
+    )
+    geo.add_argument("--cog", action="store_true", help="write a Cloud-Optimized GeoTIFF")
+    geo.add_argument("--save-count", metavar="PATH", help="also write the number of valid passes per pixel")
+    geo.add_argument("--overwrite", action="store_true", help="replace an existing output GeoTIFF")
     extra = f.add_argument_group("extra outputs")
     extra.add_argument("--save-confidence", metavar="PATH", help="also write the confidence map")
     extra.add_argument(
@@ -304,10 +321,70 @@ def _fuse_images(args: argparse.Namespace):
     return result, frames, args.cfa, lambda image, for_viewing=False: image
 
 
+_GEO_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
+
+
+def _geo_inputs(args: argparse.Namespace) -> list[Path] | None:
+    """The passes, when every input is a georeferenced raster; else None."""
+    from .geo import is_georaster
+    from .image_io import expand_inputs
+
+    try:
+        paths = expand_inputs(args.frames, suffixes=_GEO_SUFFIXES)
+    except ValueError:
+        return None
+    if not paths or any(p.suffix.lower() not in _GEO_SUFFIXES for p in paths):
+        return None
+    return paths if is_georaster(paths[0]) else None
+
+
+def _fuse_geo(args: argparse.Namespace, passes: list[Path]) -> int:
+    from .geo import fuse_rasters
+
+    for flag, value in (("--cfa", args.cfa), ("--report", args.report), ("--save-flow", args.save_flow),
+                        ("--linear/--finish", args.linear), ("--raw-size", args.raw_size)):
+        if value is not None:
+            raise ValueError(f"{flag}: not available for georeferenced passes")
+    if args.reference == "auto":
+        raise ValueError("--reference: give the index of the reference pass for georeferenced passes")
+    t0 = time.perf_counter()
+    res = fuse_rasters(
+        passes,
+        args.output,
+        scale=args.scale,
+        masks=args.mask,
+        reference=args.reference or 0,
+        tile=args.tile,
+        scheduler=args.scheduler,
+        overwrite=args.overwrite,
+        cog=args.cog,
+        save_confidence=args.save_confidence,
+        save_count=args.save_count,
+        progress=not args.quiet,
+    )
+    if not args.quiet:
+        print(f"{'pass':<40}{'dy (px)':>9}{'dx (px)':>9}{'valid':>8}")
+        for k, p in enumerate(passes):
+            dy, dx = res.shifts[k]
+            tag = " (reference)" if k == res.reference else ("" if res.registered[k] else " (geotransform only)")
+            print(f"{p.name[:39]:<40}{dy:>9.3f}{dx:>9.3f}{res.valid_fractions[k]:>8.1%}{tag}")
+        print(
+            f"fused {len(passes)} passes -> {res.width}x{res.height} px (scale {args.scale:g}, "
+            f"{res.n_tiles} tile(s)) in {time.perf_counter() - t0:.1f} s: {res.out_path}"
+        )
+    return 0
+
+
 def _cmd_fuse(args: argparse.Namespace) -> int:
     from .image_io import write_image
 
     out = Path(args.output)
+    passes = _geo_inputs(args)
+    if passes is not None:
+        return _fuse_geo(args, passes)
+    for flag, value in (("--mask", args.mask), ("--save-count", args.save_count)):
+        if value is not None:
+            raise ValueError(f"{flag}: only for georeferenced passes (the inputs have no georeference)")
     t0 = time.perf_counter()
     if _is_raw_input(args):
         result, frames, cfa, dev = _fuse_raw(args)

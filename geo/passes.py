@@ -1,0 +1,252 @@
+"""Satellite passes: opening GDAL rasters, their metadata, and windowed reads.
+
+A *pass* is one acquisition of the area, stored as a single- or multi-band
+raster that GDAL reads (GeoTIFF, JPEG2000, ...). :func:`read_pass_info`
+checks that it opens and is georeferenced and keeps what the fusion needs
+(grid, bands, dtype, nodata, descriptions, tags), so the per-tile tasks only
+carry paths and small records, never arrays.
+
+Arrays are (row, col) = (y, x); windows are given as half-open pixel ranges
+``rows = (r0, r1)``, ``cols = (c0, c1)`` that may reach beyond the raster:
+:func:`read_window` pads such reads and marks the padding invalid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+__all__ = ["PassInfo", "is_georaster", "read_pass_info", "check_compatible", "read_window"]
+
+
+@dataclass(frozen=True)
+class PassInfo:
+    """What the fusion needs to know about one pass.
+
+    Attributes
+    ----------
+    path : str
+        File name as given.
+    crs : rasterio.crs.CRS
+    transform : affine.Affine
+        Pixel (col, row) -> map (x, y) of the pixel's upper-left corner.
+    width, height : int
+        Raster size, px.
+    count : int
+        Number of bands in the file.
+    dtype : str
+        Data type of the bands (all bands share it).
+    nodata : float or None
+        The file's nodata value.
+    descriptions : tuple of (str or None)
+        Band descriptions.
+    tags : dict
+        Dataset-level metadata tags (default domain).
+    band_tags : tuple of dict
+        Per-band metadata tags.
+    """
+
+    path: str
+    crs: object
+    transform: Affine
+    width: int
+    height: int
+    count: int
+    dtype: str
+    nodata: float | None
+    descriptions: tuple = ()
+    tags: dict = field(default_factory=dict)
+    band_tags: tuple = ()
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in map units (north-up rasters)."""
+        from rasterio.transform import array_bounds
+
+        return array_bounds(self.height, self.width, self.transform)
+
+
+def is_georaster(path) -> bool:
+    """Whether ``path`` is a raster GDAL opens with a CRS or a non-identity transform.
+
+    The CLI uses it to route inputs: georeferenced passes go to
+    :func:`mfsr.geo.fuse_rasters`, plain images (PNG, JPEG, TIFF without
+    georeferencing) to the burst fusion. Never raises: unreadable or missing
+    files are simply not georasters.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    bool
+    """
+    try:
+        import warnings
+
+        from rasterio.errors import NotGeoreferencedWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                return src.crs is not None or not src.transform.almost_equals(Affine.identity())
+    except Exception:
+        return False
+
+
+def read_pass_info(path, *, argument: str = "paths") -> PassInfo:
+    """Open one pass and read its metadata.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A raster file GDAL opens.
+    argument : str
+        Name of the argument the path came from, for error messages.
+
+    Returns
+    -------
+    PassInfo
+
+    Raises
+    ------
+    ValueError
+        If the file is missing or unreadable, has no CRS, has mixed band
+        data types, or a complex or boolean data type.
+    """
+    p = str(path)
+    if not Path(p).exists():
+        raise ValueError(f"{argument}: file not found: {p}")
+    try:
+        import warnings
+
+        from rasterio.errors import NotGeoreferencedWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(p) as src:
+                info = PassInfo(
+                    path=p,
+                    crs=src.crs,
+                    transform=src.transform,
+                    width=src.width,
+                    height=src.height,
+                    count=src.count,
+                    dtype=src.dtypes[0] if src.count else "",
+                    nodata=src.nodata,
+                    descriptions=tuple(src.descriptions),
+                    tags=dict(src.tags()),
+                    band_tags=tuple(dict(src.tags(b)) for b in range(1, src.count + 1)),
+                )
+                dtypes = set(src.dtypes)
+    except RasterioIOError as exc:
+        raise ValueError(f"{argument}: cannot read {p} as a raster: {exc}") from None
+    if info.count == 0:
+        raise ValueError(f"{argument}: {p} has no bands")
+    if len(dtypes) > 1:
+        raise ValueError(f"{argument}: {p} mixes band data types {sorted(dtypes)}")
+    kind = np.dtype(info.dtype).kind
+    if kind not in "uif":
+        raise ValueError(
+            f"{argument}: {p} has data type {info.dtype}; expected real integer or float bands"
+        )
+    if info.crs is None:
+        raise ValueError(
+            f"{argument}: {p} has no CRS (coordinate reference system); georeference it "
+            "(e.g. gdal_edit.py -a_srs) or fuse plain images with mfsr.fuse"
+        )
+    return info
+
+
+def check_compatible(infos: list[PassInfo], bands: tuple[int, ...] | None) -> tuple[int, ...]:
+    """Check that the passes can be fused together and return the bands to use.
+
+    Parameters
+    ----------
+    infos : list of PassInfo
+        The passes, reference included.
+    bands : tuple of int or None
+        1-based band indexes to fuse; None means every band.
+
+    Returns
+    -------
+    bands : tuple of int
+        1-based indexes, valid in every pass.
+
+    Raises
+    ------
+    ValueError
+        Naming the first pass whose band count or data type differs from the
+        first pass's, or an out-of-range band.
+    """
+    first = infos[0]
+    for info in infos[1:]:
+        if info.count != first.count:
+            raise ValueError(
+                f"paths: {info.path} has {info.count} band(s) but {first.path} has "
+                f"{first.count}; every pass must hold the same bands"
+            )
+        if np.dtype(info.dtype) != np.dtype(first.dtype):
+            raise ValueError(
+                f"paths: {info.path} has data type {info.dtype} but {first.path} has "
+                f"{first.dtype}; passes of one product share a data type (convert them first)"
+            )
+    if bands is None:
+        return tuple(range(1, first.count + 1))
+    out = tuple(int(b) for b in bands)
+    if not out or any(b < 1 or b > first.count for b in out):
+        raise ValueError(f"bands: expected 1-based band indexes in 1..{first.count}, got {bands!r}")
+    return out
+
+
+def read_window(
+    src, bands: tuple[int, ...], rows: tuple[int, int], cols: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a window that may reach beyond the raster.
+
+    Parameters
+    ----------
+    src : rasterio dataset (or WarpedVRT)
+        Open dataset.
+    bands : tuple of int
+        1-based band indexes.
+    rows, cols : (int, int)
+        Half-open pixel ranges of the window in ``src``'s grid.
+
+    Returns
+    -------
+    data : ndarray of float32, shape (h, w, C)
+        Values; 0 outside the raster.
+    valid : ndarray of bool, shape (h, w)
+        True where every band holds data: inside the raster, not nodata, not
+        masked by the dataset's own mask (``read_masks``: internal masks,
+        alpha, nodata) and finite.
+    """
+    r0, r1 = rows
+    c0, c1 = cols
+    h, w = r1 - r0, c1 - c0
+    data = np.zeros((h, w, len(bands)), np.float32)
+    valid = np.zeros((h, w), bool)
+    a0, a1 = max(r0, 0), min(r1, src.height)
+    b0, b1 = max(c0, 0), min(c1, src.width)
+    if a1 <= a0 or b1 <= b0:
+        return data, valid
+    win = Window(b0, a0, b1 - b0, a1 - a0)
+    block = src.read(list(bands), window=win)
+    masks = src.read_masks(list(bands), window=win)
+    ok = np.all(masks > 0, axis=0)
+    blockf = block.astype(np.float32, copy=False)
+    ok &= np.all(np.isfinite(blockf), axis=0)
+    if src.nodata is not None and not np.isnan(src.nodata):
+        ok &= np.all(block != np.asarray(src.nodata).astype(block.dtype), axis=0)
+    sub = np.moveaxis(blockf, 0, -1)
+    data[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = np.where(ok[..., None], sub, 0.0)
+    valid[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = ok
+    return data, valid

@@ -1,0 +1,691 @@
+"""Fuse repeated satellite passes (GeoTIFF, JPEG2000, ...) into one finer GeoTIFF.
+
+Pipeline of :func:`fuse_rasters`:
+
+1. read every pass's metadata, check they can go together (bands, data
+   type, CRS, overlap) and the output paths;
+2. choose the working grid (the reference pass's, or ``dst_crs`` /
+   ``resolution``) and place every pass on it: a translation of the grid is
+   carried as a sub-pixel offset (no resampling), anything else is warped
+   by GDAL on the fly (:mod:`mfsr.geo.grid`);
+3. on a few sample windows (at most four of ``sample x sample`` px, so the
+   cost does not grow with the raster): the working range of every band, the
+   noise, and per pass the residual global shift and a per-band linear
+   radiometric adjustment to the reference (:mod:`mfsr.geo.coregister`,
+   :mod:`mfsr.geo.radiometry`);
+4. cut the working grid into tiles with a halo; each tile task reads its
+   windows of every pass and mask, fuses them with the masked kernel fusion
+   (:mod:`mfsr.geo.masked_fusion`) and returns its core; tasks run on Dask
+   (threads by default, or a ``dask.distributed`` cluster);
+5. write the output (and the optional confidence and count rasters)
+   atomically (:mod:`mfsr.geo.writer`).
+
+Conventions: DESIGN.md. Shifts are ``(dy, dx)`` in input (working-grid)
+pixels: reference pixel ``(i, j)`` is found at ``(i + dy, j + dx)`` of the
+pass, beyond what the geotransforms say.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mfsr.fusion import FusionParams
+from mfsr.validation import check_scale
+
+from .coregister import estimate_shift
+from .grid import Grid, choose_grid, open_on_grid, output_grid, place_pass, scale_fraction
+from .masked_fusion import HALO, back_project, finish_window, fuse_window, warp_translate
+from .masks import MaskSpec, parse_masks, read_mask_window
+from .passes import PassInfo, check_compatible, read_pass_info, read_window
+from .radiometry import fit_linear, masked_noise, working_range
+from .tiles import TileTask, parse_scheduler, plan_tiles, run_tasks
+from .writer import RasterWriter, abort_all, check_output_path, commit_all
+
+__all__ = ["GeoFusionResult", "SATELLITE_PARAMS", "fuse_rasters"]
+
+#: Fusion parameters for passes: :class:`mfsr.FusionParams` without the
+#: unsharp mask (back-projection restores the pass band instead: on synthetic
+#: passes from Landsat 8 and Landsat 7 crops it scored 0.1 to 1.5 dB cPSNR
+#: higher than unsharp mask plus back-projection) and with a wider base
+#: kernel, 0.25 px instead of 0.15 (few passes, some of them partly masked,
+#: leave gaps on the output grid: +0.5 dB on the Landsat 8 crop, -0.2 dB on
+#: the Landsat 7 one, and no dotted texture on real Sentinel-2 dates).
+SATELLITE_PARAMS = FusionParams(sharpen_amount=0.0, k_detail=0.25)
+
+# Registration and radiometric fits use only values within this distance of
+# the middle of the reference's working range [0, 1] (normalised units).
+OUTLIER_RANGE = 1.0
+
+
+@dataclass
+class GeoFusionResult:
+    """What :func:`fuse_rasters` did.
+
+    Attributes
+    ----------
+    out_path : pathlib.Path
+        The fused GeoTIFF.
+    shifts : ndarray of float64, shape (N, 2)
+        Estimated residual misregistration (dy, dx) of every pass, input
+        (working-grid) px, after the geotransform; (0, 0) for the reference.
+    grid_offsets : ndarray of float64, shape (N, 2)
+        Offset (dy, dx) of every natively read pass's grid from the working
+        grid given by the geotransforms, px ((0, 0) for warped passes).
+    gains, offsets : ndarray of float64, shape (N, C)
+        Per-band radiometric adjustment applied, in the pass's data units:
+        ``adjusted = gain * value + offset``.
+    valid_fractions : ndarray of float64, shape (N,)
+        Fraction of valid (not nodata, not masked) pixels of each pass over
+        the sample windows.
+    shift_std : ndarray of float64, shape (N, 2)
+        Predicted standard deviation of each shift (statistical), px.
+    correlations : ndarray of float64, shape (N,)
+        Correlation of each registered pass with the reference (gradient
+        images over jointly clear pixels); NaN where not registered.
+    registered : ndarray of bool, shape (N,)
+        False where the registration failed or was refused and the
+        geotransform alone places the pass.
+    native : ndarray of bool, shape (N,)
+        Whether each pass was read on its own grid (offset carried) or warped.
+    scale : float
+    reference : int
+    noise : (float, float)
+        Noise model of the normalised samples.
+    crs, transform, width, height :
+        Output grid.
+    bands : tuple of int
+        1-based bands fused.
+    confidence_path, count_path : pathlib.Path or None
+    n_tiles : int
+    """
+
+    out_path: Path
+    shifts: np.ndarray
+    grid_offsets: np.ndarray
+    gains: np.ndarray
+    offsets: np.ndarray
+    valid_fractions: np.ndarray
+    shift_std: np.ndarray
+    correlations: np.ndarray
+    registered: np.ndarray
+    native: np.ndarray
+    scale: float
+    reference: int
+    noise: tuple[float, float]
+    crs: object
+    transform: object
+    width: int
+    height: int
+    bands: tuple[int, ...]
+    confidence_path: Path | None = None
+    count_path: Path | None = None
+    n_tiles: int = 0
+
+    def summary(self, paths=None) -> str:
+        """Human-readable table of the per-pass shifts and adjustments."""
+        lines = ["pass  dy(px)   dx(px)   corr   gain    offset    valid"]
+        for k in range(self.shifts.shape[0]):
+            name = "" if paths is None else "  " + Path(str(paths[k])).name
+            ref = " (reference)" if k == self.reference else ""
+            lines.append(
+                f"{k:4d} {self.shifts[k, 0]:+7.3f}  {self.shifts[k, 1]:+7.3f}  {self.correlations[k]:5.2f}  "
+                f"{self.gains[k, 0]:6.3f}  {self.offsets[k, 0]:+8.3g}  {self.valid_fractions[k]:5.1%}"
+                f"{name}{ref}"
+            )
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """A pass as the tile tasks read it (small and picklable)."""
+
+    info: PassInfo
+    native: bool
+    total: tuple[float, float]  # working px -> pass px, geotransform + residual shift
+    mask: MaskSpec | None
+    gain: tuple[float, ...]  # on normalised values
+    offset: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class _Context:
+    passes: tuple[_Pass, ...]
+    grid: Grid
+    bands: tuple[int, ...]
+    lo: tuple[float, ...]
+    hi: tuple[float, ...]
+    scale: float
+    out_height: int
+    out_width: int
+    noise: tuple[float, float]
+    params: FusionParams = field(default_factory=FusionParams)
+    robust: bool = True
+    reference: int = 0
+    back_projection: int = 2
+    clip: tuple[float, float] | None = None
+
+
+def _read_pass(ps: _Pass, grid: Grid, bands, rows, cols) -> tuple[np.ndarray, np.ndarray]:
+    """Raw data and validity (nodata, internal and user masks) of a pass window in its own px."""
+    with open_on_grid(ps.info.path, ps.native, grid) as src:
+        data, valid = read_window(src, bands, rows, cols)
+    if ps.mask is not None:
+        valid &= ~read_mask_window(ps.mask, ps.info, ps.native, grid, rows, cols)
+    return data, valid
+
+
+def _normalise(data: np.ndarray, lo, hi, gain=None, offset=None) -> np.ndarray:
+    lo = np.asarray(lo, np.float32)
+    span = np.asarray(hi, np.float32) - lo
+    out = (data - lo) / span
+    if gain is not None:
+        out = out * np.asarray(gain, np.float32) + np.asarray(offset, np.float32)
+    return out.astype(np.float32, copy=False)
+
+
+def _out_index(r: int, n: int, n_out: int, scale: float) -> int:
+    # Output row of working row r (a multiple of the scale's denominator, or the grid end).
+    return n_out if r >= n else int(round(r * scale))
+
+
+def _fuse_tile(args) -> tuple[TileTask, np.ndarray, np.ndarray, np.ndarray]:
+    """Tile task: read every pass's window, fuse, return the core (data units)."""
+    task, ctx = args
+    (r0, r1), (c0, c1) = task.win_rows, task.win_cols
+    hr, wr = r1 - r0, c1 - c0
+    frames, valids, fracs = [], [], []
+    ref_frame = ref_valid = ref_pos = None
+    for k, ps in enumerate(ctx.passes):
+        # The pass's window, clipped to its raster (see fuse_window).
+        ph, pw = (ps.info.height, ps.info.width) if ps.native else (ctx.grid.height, ctx.grid.width)
+        ay = int(np.floor(r0 + ps.total[0]))
+        ax = int(np.floor(c0 + ps.total[1]))
+        ya, yb = max(ay, 0), min(ay + hr + 2, ph)
+        xa, xb = max(ax, 0), min(ax + wr + 2, pw)
+        if yb <= ya or xb <= xa:
+            continue
+        data, valid = _read_pass(ps, ctx.grid, ctx.bands, (ya, yb), (xa, xb))
+        frames.append(_normalise(data, ctx.lo, ctx.hi, ps.gain, ps.offset))
+        valids.append(valid)
+        fracs.append((r0 + ps.total[0] - ya, c0 + ps.total[1] - xa))
+        if k == ctx.reference:
+            ref_pos = len(frames) - 1
+        if k == ctx.reference and fracs[-1] == (0.0, 0.0) and data.shape[0] >= hr and data.shape[1] >= wr:
+            ref_frame = frames[-1][:hr, :wr].copy()
+            ref_valid = valid[:hr, :wr].copy()
+    s = ctx.scale
+    if not frames:  # no pass reaches this tile (possible only off the reference's own grid)
+        oh = _out_index(task.core_rows[1], ctx.grid.height, ctx.out_height, s) - _out_index(
+            task.core_rows[0], ctx.grid.height, ctx.out_height, s)
+        ow = _out_index(task.core_cols[1], ctx.grid.width, ctx.out_width, s) - _out_index(
+            task.core_cols[0], ctx.grid.width, ctx.out_width, s)
+        return (task, np.full((oh, ow, len(ctx.bands)), np.nan, np.float32),
+                np.zeros((oh, ow), np.float32), np.zeros((oh, ow), np.uint16))
+    o0 = (_out_index(r0, ctx.grid.height, ctx.out_height, s), _out_index(c0, ctx.grid.width, ctx.out_width, s))
+    o1 = (_out_index(r1, ctx.grid.height, ctx.out_height, s), _out_index(c1, ctx.grid.width, ctx.out_width, s))
+    num, den, count = fuse_window(
+        frames, valids, np.array(fracs), (hr, wr), (o1[0] - o0[0], o1[1] - o0[1]), s,
+        ctx.noise, ctx.params, composite_robustness=ctx.robust, reference=ref_pos,
+    )
+    del frames, valids
+    img = finish_window(num, den, s, ctx.noise, ctx.params)
+    del num
+    if ctx.back_projection > 0 and ref_frame is not None:
+        img = back_project(img, ref_frame, ref_valid, s, ctx.back_projection)
+    y0 = _out_index(task.core_rows[0], ctx.grid.height, ctx.out_height, s) - o0[0]
+    y1 = _out_index(task.core_rows[1], ctx.grid.height, ctx.out_height, s) - o0[0]
+    x0 = _out_index(task.core_cols[0], ctx.grid.width, ctx.out_width, s) - o0[1]
+    x1 = _out_index(task.core_cols[1], ctx.grid.width, ctx.out_width, s) - o0[1]
+    lo = np.asarray(ctx.lo, np.float32)
+    span = np.asarray(ctx.hi, np.float32) - lo
+    core = img[y0:y1, x0:x1] * span + lo
+    if ctx.clip is not None:
+        # Integer inputs cannot go beyond their type's range (back-projection
+        # overshoots next to saturated pixels).
+        core = np.clip(core, ctx.clip[0], ctx.clip[1])
+    return task, core.astype(np.float32), den[y0:y1, x0:x1].copy(), count[y0:y1, x0:x1].copy()
+
+
+def _sample_windows(h: int, w: int, size: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Up to 2 x 2 windows of ``size`` px spread over the grid (one if it is small)."""
+    out = []
+    sy, sx = min(h, size), min(w, size)
+    ny = 1 if h <= 1.5 * size else 2
+    nx = 1 if w <= 1.5 * size else 2
+    for i in range(ny):
+        for j in range(nx):
+            cy = int(round((i + 0.5) * h / ny))
+            cx = int(round((j + 0.5) * w / nx))
+            y0 = min(max(cy - sy // 2, 0), h - sy)
+            x0 = min(max(cx - sx // 2, 0), w - sx)
+            out.append(((y0, y0 + sy), (x0, x0 + sx)))
+    return out
+
+
+def _as_paths(paths) -> list[str]:
+    if isinstance(paths, (str, os.PathLike)) or not hasattr(paths, "__iter__"):
+        raise ValueError(f"paths: expected a sequence of raster files, got {paths!r}")
+    out = [str(p) for p in paths]
+    if not out:
+        raise ValueError("paths: no pass given")
+    return out
+
+
+def fuse_rasters(
+    paths,
+    out_path,
+    scale: float = 2.0,
+    masks=None,
+    reference: int = 0,
+    *,
+    bands=None,
+    tile: int = 1024,
+    scheduler="threads",
+    workers: int | None = None,
+    overwrite: bool = False,
+    cog: bool = False,
+    radiometric: bool = True,
+    robust: bool = True,
+    save_confidence=None,
+    save_count=None,
+    progress: bool = False,
+    dst_crs=None,
+    resolution=None,
+    nodata: float | None = None,
+    shifts=None,
+    max_shift: int = 8,
+    min_correlation: float = 0.5,
+    sample: int = 512,
+    back_projection: int = 2,
+    params: FusionParams | None = None,
+) -> GeoFusionResult:
+    """Fuse several passes over one area into one finer, georeferenced GeoTIFF.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        The passes: rasters GDAL reads (GeoTIFF, JPEG2000, ...), one or more
+        bands each, all with a CRS, the same band count and data type, each
+        overlapping the reference. They may differ in extent, CRS and grid.
+    out_path : path-like
+        Output GeoTIFF (float32, one band per fused band; values of integer
+        passes are kept within their type's range).
+    scale : float
+        Output pixels per input pixel (e.g. 2 or 3); a ratio p/q with
+        q <= 64.
+    masks : sequence or None
+        One entry per pass: None, a mask raster on the pass's grid (nonzero
+        = cloud/invalid), ``(path, band)``, or an int band of the pass itself
+        (see :mod:`mfsr.geo.masks`). nodata and internal masks are always
+        honoured. Masked pixels never contribute.
+    reference : int
+        Index of the reference pass (negative counts from the end): its grid
+        and radiometry are the output's.
+    bands : sequence of int or None
+        1-based bands to fuse (default: all, minus a band used as mask).
+    tile : int
+        Core tile side, input px; memory grows with its square.
+    scheduler : str or distributed.Client
+        ``"threads"`` (default), ``"sync"``, or ``"distributed://host:port"``
+        to fan the tiles out over a ``dask.distributed`` cluster.
+    workers : int or None
+        Tiles processed at once with threads (default: half the CPU count,
+        1 to 4).
+    overwrite : bool
+        Replace existing output files (refused otherwise).
+    cog : bool
+        Write Cloud-Optimized GeoTIFFs (tiled, overviews, DEFLATE).
+    radiometric : bool
+        Adjust every pass to the reference's radiometry with a per-band
+        ``gain * x + offset`` fitted on jointly clear pixels.
+    robust : bool
+        Weigh passes by their agreement with the clear composite (rejects
+        unmasked clouds and changes); False uses validity alone.
+    save_confidence, save_count : path-like or None
+        Companion GeoTIFFs on the output grid: total fusion weight
+        (float32), and number of passes that contributed (uint16).
+    progress : bool
+        tqdm progress bars over the passes (registration) and the tiles.
+    dst_crs, resolution :
+        Working grid in another CRS / pixel size (the output pixel is then
+        ``resolution / scale``); passes not on it are warped (bilinear).
+    nodata : float or None
+        Output nodata value (default NaN).
+    shifts : array-like (N, 2) or None
+        Known residual shifts (dy, dx) px; skips the registration.
+    max_shift : int
+        Largest residual misregistration searched, px (after the
+        geotransform; products are usually within 2 px).
+    min_correlation : float
+        A pass whose registered gradient image correlates less than this
+        with the reference's (another season, unmasked clouds) keeps the
+        geotransform alone, with a warning (its content is then mostly
+        rejected by the composite robustness anyway).
+    sample : int
+        Side of the sample windows used for the global estimates, px.
+    back_projection : int
+        Iterations of back-projection to the reference pass's valid pixels
+        after the fusion (:func:`mfsr.geo.masked_fusion.back_project`); 0
+        disables it. The fused product is a composite of dates; two
+        iterations make it re-degrade to the reference date (downscale
+        consistency on Sentinel-2: 22 to 30 dB without, 43 to 46 dB with,
+        bicubic upsampling 39 to 42 dB) at no cost in cPSNR on synthetic
+        passes.
+    params : FusionParams, optional
+        Kernel, robustness and sharpening parameters of the fusion; default
+        :data:`SATELLITE_PARAMS`.
+
+    Returns
+    -------
+    GeoFusionResult
+        Per-pass ``shifts`` (N, 2), gains/offsets, valid fractions, the
+        output path and grid.
+
+    Raises
+    ------
+    ValueError
+        Bad input, naming the argument and file: unreadable or missing file,
+        no CRS, different band counts or data types, a pass that does not
+        overlap the reference, a bad mask, an existing output without
+        ``overwrite``. Nothing is written then, and no partial output is left
+        after any failure.
+
+    Notes
+    -----
+    Memory is bounded independently of the raster size: per concurrent
+    tile about ``4 * [N (C + 2) (T + 2h + 2)^2 + (C + 12) (T + 2h)^2 +
+    (C + 4) s^2 (T + 2h)^2]`` bytes (``T = tile``, halo ``h = 24``, ``N``
+    passes, ``C`` bands, scale ``s``): about 270 MB for ``T = 1024``,
+    ``N = 8``, ``C = 1``, ``s = 2``; plus the sample windows of one pass at
+    a time (``(C + 3) * 4 * (sample + 2 max_shift)^2`` bytes each, at most
+    four) and up to ``2 * workers`` finished cores waiting to be written.
+    Measured peak resident memory of the whole process (libraries
+    included) for 8 passes at scale 2 with ``tile=1024``: 652 MiB with one
+    worker, 844 MiB with two (``benchmarks/bench_geo.py``, 2000 x 2000 px;
+    see ``benchmarks/out/geo.md`` for 8000 x 8000).
+
+    The model per pass is a global translation (plus the geotransform):
+    right for orthorectified products; terrain- or attitude-induced local
+    misregistration is not modelled.
+
+    Examples
+    --------
+    >>> res = fuse_rasters(["p1.tif", "p2.tif", "p3.tif"], "fused.tif", scale=2)  # doctest: +SKIP
+    >>> res.shifts  # doctest: +SKIP
+    array([[ 0.   ,  0.   ],
+           [ 0.312, -0.705],
+           [-1.198,  0.402]])
+    """
+    path_list = _as_paths(paths)
+    scale = check_scale(scale)
+    frac = scale_fraction(scale)
+    if isinstance(reference, bool) or not isinstance(reference, (int, np.integer)):
+        raise TypeError(f"reference: expected an integer index, got {reference!r}")
+    n = len(path_list)
+    if not -n <= reference < n:
+        raise ValueError(f"reference: index {reference} out of range for {n} passes")
+    reference = int(reference) % n
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 16:
+        raise ValueError(f"tile: expected an integer >= 16, got {tile!r}")
+    if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) or max_shift < 2:
+        raise ValueError(f"max_shift: expected an integer >= 2, got {max_shift!r}")
+    try:
+        min_correlation = float(min_correlation)
+    except (TypeError, ValueError):
+        raise ValueError(f"min_correlation: expected a number, got {min_correlation!r}") from None
+    parse_scheduler(scheduler)
+    # The Numba kernels of one tile already use every core; a second tile
+    # in flight overlaps I/O and single-threaded NumPy work (measured on 2
+    # cores: 4 % faster for 50 % more memory, so one worker there).
+    workers = max(1, min(4, (os.cpu_count() or 1) // 2)) if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"workers: expected an integer >= 1, got {workers!r}")
+    if isinstance(back_projection, bool) or not isinstance(back_projection, (int, np.integer)) or back_projection < 0:
+        raise ValueError(f"back_projection: expected an integer >= 0, got {back_projection!r}")
+    if params is None:
+        params = SATELLITE_PARAMS
+    elif not isinstance(params, FusionParams):
+        raise TypeError(f"params: expected FusionParams, got {type(params).__name__}")
+
+    outputs = [("out_path", out_path)]
+    if save_confidence is not None:
+        outputs.append(("save_confidence", save_confidence))
+    if save_count is not None:
+        outputs.append(("save_count", save_count))
+    resolved_in = {Path(p).resolve() for p in path_list}
+    seen = set()
+    for name, p in outputs:
+        check_output_path(p, overwrite, name)
+        rp = Path(p).resolve()
+        if rp in resolved_in:
+            raise ValueError(f"{name}: {p} is one of the input passes")
+        if rp in seen:
+            raise ValueError(f"{name}: {p} is also another output")
+        seen.add(rp)
+
+    infos = [read_pass_info(p) for p in path_list]
+    specs = parse_masks(masks, infos)
+    own = {s.band for s in specs if s is not None and s.own_band}
+    if bands is None and own:
+        bands = [b for b in range(1, infos[0].count + 1) if b not in own]
+    band_idx = check_compatible(infos, None if bands is None else tuple(bands))
+    ref_info = infos[reference]
+    grid = choose_grid(ref_info, dst_crs, resolution)
+    placements = [place_pass(info, grid) for info in infos]
+    nb = len(band_idx)
+    if shifts is not None:
+        shifts = np.asarray(shifts, np.float64)
+        if shifts.shape != (n, 2) or not np.all(np.isfinite(shifts)):
+            raise ValueError(f"shifts: expected a finite (N, 2) = ({n}, 2) array, got shape {shifts.shape}")
+
+    # --- Global estimates on sample windows -------------------------------
+    windows = _sample_windows(grid.height, grid.width, int(sample))
+    base = [
+        _Pass(info, pl.native, pl.offset, spec, (1.0,) * nb, (0.0,) * nb)
+        for info, pl, spec in zip(infos, placements, specs)
+    ]
+    ref_pass = base[reference]
+    ref_raw, ref_valid = [], []
+    for rows, cols in windows:
+        d, v = _read_pass(ref_pass, grid, band_idx, _shift_window(rows, ref_pass.total[0]),
+                          _shift_window(cols, ref_pass.total[1]))
+        ref_raw.append(d)
+        ref_valid.append(v)
+    lo, hi = working_range(ref_raw, ref_valid)
+    ref_norm = [_normalise(d, lo, hi) for d in ref_raw]
+    ref_grey = [d.mean(axis=2) for d in ref_norm]
+    ref_est = [v & np.all(np.abs(d - 0.5) <= OUTLIER_RANGE, axis=2) for d, v in zip(ref_norm, ref_valid)]
+    noise = masked_noise(ref_grey, ref_valid)
+    del ref_raw
+
+    est_shift = np.zeros((n, 2))
+    shift_std = np.zeros((n, 2))
+    gains = np.ones((n, nb))
+    offs = np.zeros((n, nb))
+    valid_frac = np.zeros(n)
+    correlations = np.full(n, np.nan)
+    correlations[reference] = 1.0
+    registered = np.ones(n, bool)
+    valid_frac[reference] = float(np.mean([v.mean() for v in ref_valid]))
+    margin = int(max_shift)
+    order = range(n)
+    if progress:
+        from tqdm.auto import tqdm
+
+        order = tqdm(order, desc="register passes", unit="pass")
+    for k in order:
+        ps = base[k]
+        if k == reference:
+            continue
+        movs, mvalids, fr = [], [], None
+        for rows, cols in windows:
+            ay = int(np.floor(rows[0] + ps.total[0]))
+            ax = int(np.floor(cols[0] + ps.total[1]))
+            fr = (rows[0] + ps.total[0] - ay, cols[0] + ps.total[1] - ax)
+            d, v = _read_pass(
+                ps, grid, band_idx,
+                (ay - margin, ay + rows[1] - rows[0] + margin),
+                (ax - margin, ax + cols[1] - cols[0] + margin),
+            )
+            movs.append(_normalise(d, lo, hi))
+            mvalids.append(v)
+        valid_frac[k] = float(np.mean([v[margin:-margin, margin:-margin].mean() for v in mvalids]))
+        # Estimation leaves out values far outside the reference's working
+        # range (unmasked clouds, saturation): they would dominate gradients
+        # and the radiometric fit. The fusion's composite test handles them.
+        mov_est = [v & np.all(np.abs(m - 0.5) <= OUTLIER_RANGE, axis=2) for m, v in zip(movs, mvalids)]
+        # Every window has the same fractional offset (its start is an integer).
+        if shifts is not None:
+            total = np.asarray(fr) + shifts[k] - np.asarray(shifts[reference])
+        else:
+            try:
+                if sum(int(v.sum()) for v in mov_est) < 64:
+                    raise ValueError("fewer than 64 clear pixels within the reference's value range: "
+                                     "cloud, nodata or masked")
+                est = estimate_shift(ref_grey, ref_est, [m.mean(axis=2) for m in movs], mov_est, margin)
+                if not est.correlation >= min_correlation:
+                    raise ValueError(
+                        f"the registered images correlate at {est.correlation:.2f} < min_correlation "
+                        f"{min_correlation:g}: too different from the reference for a shift"
+                    )
+                total = est.shift
+                shift_std[k] = est.std
+                correlations[k] = est.correlation
+            except ValueError as exc:
+                warnings.warn(
+                    f"{infos[k].path}: no registration ({exc}); using the geotransform alone",
+                    stacklevel=2,
+                )
+                total = np.asarray(fr, np.float64)
+                registered[k] = False
+        est_shift[k] = total - np.asarray(fr)
+        if radiometric:
+            for b in range(nb):
+                g_sum, o_sum = _fit_band(ref_norm, ref_est, movs, mov_est, b, total, margin)
+                gains[k, b], offs[k, b] = g_sum, o_sum
+        del movs, mvalids
+
+    passes = []
+    for k, ps in enumerate(base):
+        t = (ps.total[0] + est_shift[k, 0], ps.total[1] + est_shift[k, 1])
+        passes.append(_Pass(ps.info, ps.native, t, ps.mask, tuple(gains[k]), tuple(offs[k])))
+    out_grid = output_grid(grid, scale)
+    ctx = _Context(
+        tuple(passes), grid, band_idx, tuple(lo), tuple(hi), scale,
+        out_grid.height, out_grid.width, noise, params, bool(robust), reference, int(back_projection),
+        _dtype_range(ref_info.dtype),
+    )
+
+    # --- Tiled fusion and output -------------------------------------------
+    tasks = plan_tiles(grid.height, grid.width, int(tile), HALO, frac.denominator)
+    span = hi - lo
+    # gain/offset found on normalised values, reported in data units:
+    # adjusted = lo + span * (g * (x - lo) / span + o)
+    gains_data = gains.copy()
+    offs_data = lo[None, :] + span[None, :] * offs - gains * lo[None, :]
+    tags = dict(ref_info.tags)
+    tags.update(
+        MFSR_SCALE=f"{scale:g}",
+        MFSR_PASSES=";".join(Path(p).name for p in path_list),
+        MFSR_REFERENCE=str(reference),
+        MFSR_SHIFTS=";".join(f"{dy:.4f},{dx:.4f}" for dy, dx in est_shift),
+    )
+    desc = [ref_info.descriptions[b - 1] if b - 1 < len(ref_info.descriptions) else None for b in band_idx]
+    btags = [ref_info.band_tags[b - 1] if b - 1 < len(ref_info.band_tags) else {} for b in band_idx]
+    out_nodata = float("nan") if nodata is None else float(nodata)
+    writers: list[RasterWriter] = []
+    try:
+        main = RasterWriter(out_path, out_grid, nb, "float32", out_nodata, descriptions=desc,
+                            tags=tags, band_tags=btags, cog=cog)
+        writers.append(main)
+        conf_w = count_w = None
+        if save_confidence is not None:
+            conf_w = RasterWriter(save_confidence, out_grid, 1, "float32", None,
+                                  descriptions=["fusion weight"], tags={"MFSR_PRODUCT": "confidence"}, cog=cog)
+            writers.append(conf_w)
+        if save_count is not None:
+            count_w = RasterWriter(save_count, out_grid, 1, "uint16", None,
+                                   descriptions=["contributing passes"], tags={"MFSR_PRODUCT": "count"}, cog=cog)
+            writers.append(count_w)
+        items = [(t, ctx) for t in tasks]
+        for task, core, den, count in run_tasks(
+            _fuse_tile, items, scheduler=scheduler, workers=workers, progress=progress, desc="fuse tiles"
+        ):
+            rows = (_out_index(task.core_rows[0], grid.height, out_grid.height, scale),
+                    _out_index(task.core_rows[1], grid.height, out_grid.height, scale))
+            cols = (_out_index(task.core_cols[0], grid.width, out_grid.width, scale),
+                    _out_index(task.core_cols[1], grid.width, out_grid.width, scale))
+            if nodata is not None:
+                core = np.where(np.isnan(core), np.float32(out_nodata), core)
+            main.write(rows, cols, core)
+            if conf_w is not None:
+                conf_w.write(rows, cols, den)
+            if count_w is not None:
+                count_w.write(rows, cols, count)
+        commit_all(writers)
+    except BaseException:
+        abort_all(writers)
+        raise
+    return GeoFusionResult(
+        out_path=Path(out_path),
+        shifts=est_shift,
+        grid_offsets=np.array([pl.offset for pl in placements], np.float64),
+        gains=gains_data,
+        offsets=offs_data,
+        valid_fractions=valid_frac,
+        shift_std=shift_std,
+        correlations=correlations,
+        registered=registered,
+        native=np.array([pl.native for pl in placements]),
+        scale=scale,
+        reference=reference,
+        noise=noise,
+        crs=out_grid.crs,
+        transform=out_grid.transform,
+        width=out_grid.width,
+        height=out_grid.height,
+        bands=band_idx,
+        confidence_path=None if save_confidence is None else Path(save_confidence),
+        count_path=None if save_count is None else Path(save_count),
+        n_tiles=len(tasks),
+    )
+
+
+def _dtype_range(dtype: str) -> tuple[float, float] | None:
+    """(min, max) of an integer data type, None for floats."""
+    dt = np.dtype(dtype)
+    if dt.kind in "ui":
+        info = np.iinfo(dt)
+        return float(info.min), float(info.max)
+    return None
+
+
+def _shift_window(rng: tuple[int, int], offset: float) -> tuple[int, int]:
+    a = int(np.floor(rng[0] + offset + 0.5))
+    return a, a + rng[1] - rng[0]
+
+
+def _fit_band(ref_norm, ref_valid, movs, mvalids, b, total, margin) -> tuple[float, float]:
+    """Radiometric gain/offset of band ``b`` (normalised values) after the shift."""
+    refs, movw, wts = [], [], []
+    iy, ix = int(np.floor(total[0])), int(np.floor(total[1]))
+    f = (total[0] - iy, total[1] - ix)
+    for r, rv, m, mv in zip(ref_norm, ref_valid, movs, mvalids):
+        h, w = rv.shape
+        y0, x0 = margin + iy, margin + ix
+        if y0 < 0 or x0 < 0 or y0 + h + 1 > m.shape[0] or x0 + w + 1 > m.shape[1]:
+            continue
+        sub = m[y0 : y0 + h + 1, x0 : x0 + w + 1, b]
+        sv = mv[y0 : y0 + h + 1, x0 : x0 + w + 1]
+        ok = rv & sv[:h, :w] & sv[1:, :w] & sv[:h, 1:] & sv[1:, 1:]
+        refs.append(r[..., b][ok])
+        movw.append(warp_translate(sub, f, (h, w))[ok])
+        wts.append(np.ones(int(ok.sum())))
+    if not refs:
+        return 1.0, 0.0
+    return fit_linear(np.concatenate(refs), np.concatenate(movw), np.concatenate(wts))

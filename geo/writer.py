@@ -1,0 +1,173 @@
+"""Atomic GeoTIFF output, optionally Cloud-Optimized.
+
+Every output is written to a temporary file in its final directory
+(``.<name>.<random>.tmp``) and moved into place with ``os.replace`` only
+when the whole product (and its companions) is complete, so a failure or an
+interrupt never leaves a partial file under the final name. Existing outputs
+are refused unless ``overwrite=True``.
+
+COG: with GDAL's ``COG`` driver (GDAL >= 3.1) the finished temporary GeoTIFF
+is copied by it (tiled 512 px, overviews, DEFLATE); without it, overviews are
+built on the temporary file and it is copied as a tiled GeoTIFF with
+``COPY_SRC_OVERVIEWS``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.windows import Window
+
+from .grid import Grid
+
+__all__ = ["check_output_path", "RasterWriter", "commit_all", "abort_all"]
+
+
+def check_output_path(path, overwrite: bool, argument: str) -> Path:
+    """Check that ``path`` may be written.
+
+    Raises
+    ------
+    ValueError
+        If it exists (and ``overwrite`` is False) or is a directory, or its
+        directory does not exist.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{argument}: {p} is a directory; expected a file name")
+    if p.exists() and not overwrite:
+        raise ValueError(f"{argument}: {p} exists; pass overwrite=True (--overwrite) to replace it")
+    if not p.parent.is_dir():
+        raise ValueError(f"{argument}: the directory of {p} does not exist")
+    return p
+
+
+class RasterWriter:
+    """A GeoTIFF written window by window to a temporary file.
+
+    Parameters
+    ----------
+    path : path-like
+        Final name.
+    grid : Grid
+        Output grid (CRS, transform, size).
+    count : int
+        Bands.
+    dtype : str
+    nodata : float or None
+    descriptions : sequence of (str or None), optional
+    tags : dict, optional
+        Dataset tags.
+    band_tags : sequence of dict, optional
+    cog : bool
+        Convert to a Cloud-Optimized GeoTIFF on commit.
+    block : int
+        Internal tile size, px.
+    """
+
+    def __init__(self, path, grid: Grid, count: int, dtype: str, nodata=None, *, descriptions=None,
+                 tags=None, band_tags=None, cog: bool = False, block: int = 512):
+        self.path = Path(path)
+        self.cog = cog
+        self.tmp = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex[:12]}.tmp"
+        blk = block if min(grid.width, grid.height) >= block else 256
+        tiled = min(grid.width, grid.height) >= blk
+        profile = dict(
+            driver="GTiff", width=grid.width, height=grid.height, count=count, dtype=dtype,
+            crs=grid.crs, transform=grid.transform, nodata=nodata,
+            BIGTIFF="IF_SAFER",
+        )
+        if tiled:
+            profile.update(tiled=True, blockxsize=blk, blockysize=blk)
+        self._ds = rasterio.open(self.tmp, "w", **profile)
+        try:
+            if descriptions is not None:
+                for i, d in enumerate(descriptions, start=1):
+                    if d:
+                        self._ds.set_band_description(i, d)
+            if tags:
+                self._ds.update_tags(**{str(k): str(v) for k, v in tags.items()})
+            if band_tags is not None:
+                for i, t in enumerate(band_tags, start=1):
+                    if t:
+                        self._ds.update_tags(i, **{str(k): str(v) for k, v in t.items()})
+        except Exception:
+            self.abort()
+            raise
+
+    def write(self, rows: tuple[int, int], cols: tuple[int, int], data: np.ndarray) -> None:
+        """Write ``data`` of shape (h, w) or (h, w, C) at the given window."""
+        arr = data if data.ndim == 3 else data[..., None]
+        win = Window(cols[0], rows[0], cols[1] - cols[0], rows[1] - rows[0])
+        self._ds.write(np.moveaxis(arr, -1, 0).astype(self._ds.dtypes[0], copy=False), window=win)
+
+    def finish(self) -> None:
+        """Close the temporary file and make it a COG when asked (still temporary)."""
+        if self._ds is not None and not self._ds.closed:
+            self._ds.close()
+        if not self.cog:
+            return
+        cog_tmp = self.tmp.with_name(self.tmp.name + ".cog")
+        try:
+            with rasterio.Env() as env:
+                has_cog = "COG" in env.drivers()
+            if has_cog:
+                rasterio.shutil.copy(
+                    self.tmp, cog_tmp, driver="COG", BLOCKSIZE=512, COMPRESS="DEFLATE",
+                    OVERVIEWS="AUTO", BIGTIFF="IF_SAFER",
+                )
+            else:  # pragma: no cover - GDAL < 3.1
+                from rasterio.enums import Resampling
+
+                with rasterio.open(self.tmp, "r+") as ds:
+                    factors = [2**i for i in range(1, 12) if max(ds.width, ds.height) // 2**i >= 256]
+                    if factors:
+                        ds.build_overviews(factors, Resampling.average)
+                rasterio.shutil.copy(
+                    self.tmp, cog_tmp, driver="GTiff", tiled=True, blockxsize=512, blockysize=512,
+                    compress="deflate", copy_src_overviews=True, BIGTIFF="IF_SAFER",
+                )
+            os.replace(cog_tmp, self.tmp)
+        finally:
+            if cog_tmp.exists():
+                cog_tmp.unlink()
+
+    def commit(self) -> Path:
+        """Move the finished temporary file to its final name."""
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Close and delete the temporary file."""
+        try:
+            if self._ds is not None and not self._ds.closed:
+                self._ds.close()
+        finally:
+            if self.tmp.exists():
+                self.tmp.unlink()
+
+
+def commit_all(writers: list[RasterWriter]) -> None:
+    """Finish every writer, then move them all into place (none if a finish fails)."""
+    try:
+        for w in writers:
+            w.finish()
+    except BaseException:
+        abort_all(writers)
+        raise
+    for w in writers:
+        w.commit()
+
+
+def abort_all(writers: list[RasterWriter]) -> None:
+    """Delete every writer's temporary file."""
+    for w in writers:
+        try:
+            w.abort()
+        except Exception:
+            pass
