@@ -351,8 +351,10 @@ def fuse(
         Index of the reference frame (negative counts from the end); the
         output is in its geometry.
     refine : bool
-        Apply the learned refinement network (not available yet: raises
-        ``NotImplementedError``).
+        Apply the learned refinement network (:func:`mfsr.refine.refine_image`)
+        after the fusion; ``FusionResult.refinement`` then holds what it
+        changed. Off by default: on held-out images it does not yet reach its
+        quality goals (see benchmarks/RESULTS.md).
     noise : (float, float) or None
         Noise model ``(alpha, beta)``, variance ``alpha * I + beta`` of one
         input sample; estimated from the reference frame
@@ -402,8 +404,9 @@ def fuse(
         coefficients, a lens that folds the image, an estimated transform
         that is degenerate, or ``flow`` given together with ``geometry`` or
         ``distortion``.
-    NotImplementedError
-        If ``refine`` is True.
+    mfsr.refine.RefinerWeightsError
+        If ``refine`` is True and the shipped weights are missing or corrupt
+        (``refine=False`` still works).
 
     Notes
     -----
@@ -439,11 +442,6 @@ def fuse(
     """
     burst, cfa, reference = as_burst(frames, cfa, reference)
     scale = check_scale(scale)
-    if refine:
-        raise NotImplementedError(
-            "refine: the learned refinement network is not available in this release; "
-            "call fuse(..., refine=False) for the classical fusion"
-        )
     if params is None:
         params = FusionParams()
     elif not isinstance(params, FusionParams):
@@ -539,6 +537,14 @@ def fuse(
     if p.sharpen_amount > 0:
         sharpen(num, gaussian_weights(p.sharpen_sigma * scale), p.sharpen_amount, alpha, beta, p.sharpen_noise_gate)
     image = num[..., 0] if nc == 1 else num
+    refinement = None
+    if refine:
+        from .refine import refine_image
+
+        refined = refine_image(image, confidence, cfa=is_cfa, scale=scale, noise=(float(alpha), float(beta)),
+                               progress=progress)
+        refinement = refined - image
+        image = refined
     return FusionResult(
         image=image,
         confidence=confidence,
@@ -550,4 +556,5 @@ def fuse(
         robustness=mean_rob,
         transforms=transforms,
         distortion=lens,
+        refinement=refinement,
     )

@@ -120,8 +120,6 @@ def test_invalid_arguments_name_the_argument():
         fuse(frames, noise=0.1, flow=np.zeros((2, 8, 8, 2)))
     with pytest.raises(TypeError, match="^params"):
         fuse(frames, params={"k_detail": 0.3}, flow=np.zeros((2, 8, 8, 2)))
-    with pytest.raises(NotImplementedError, match="^refine"):
-        fuse(frames, refine=True)
 
 
 def test_progress_bar_runs(capsys):
@@ -226,3 +224,15 @@ def test_default_path_registers_the_burst():
     err = np.abs(res.flow - burst.flow)[:, 8:-8, 8:-8]
     assert np.median(err) < 0.1
     assert not res.flow[burst.reference].any()
+
+
+def test_refine_adds_the_network_correction_and_reports_it():
+    from mfsr.synth import sample_image, simulate_burst
+
+    burst = simulate_burst(sample_image("astronaut", size=96), n_frames=4, scale=2, cfa="RGGB", seed=0)
+    plain = fuse(burst.frames, scale=2, cfa="RGGB", flow=burst.flow)
+    refined = fuse(burst.frames, scale=2, cfa="RGGB", flow=burst.flow, refine=True)
+    assert plain.refinement is None
+    assert refined.image.shape == plain.image.shape and refined.image.dtype == np.float32
+    np.testing.assert_allclose(refined.image - refined.refinement, plain.image, atol=1e-5)
+    assert np.abs(refined.refinement).max() > 1e-3  # the network did change something

@@ -1,1 +1,20 @@
-"""Learned refinement after the kernel fusion (issue 5; in progress)."""
+"""Learned refinement after the kernel fusion (issue 5).
+
+A compact residual CNN (:class:`RefineNet`) corrects what the kernel fusion
+leaves (residual blur from pixel integration and optics, aliasing, noise),
+given the fused image, its confidence and the noise model. Weights ship inside
+the package (``weights/``, with a manifest holding their SHA-256 and the
+training configuration) and are trained by ``python -m mfsr.refine.train``;
+``python -m mfsr.refine.calibrate`` then fits, on validation bursts of the
+training photographs, how much of the network's residual to apply per mode
+and scale (``refine_image(..., strength=None)`` uses it).
+
+Public API: :func:`refine_image`, :func:`load_refiner`, :class:`RefineNet`,
+:class:`RefinerWeightsError`.
+"""
+
+from ._inference import refine_image
+from ._network import RefineNet
+from ._weights import MODES, RefinerWeightsError, load_refiner
+
+__all__ = ["MODES", "RefineNet", "RefinerWeightsError", "load_refiner", "refine_image"]

@@ -1,0 +1,178 @@
+"""Tiled CPU inference of the refinement network."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+
+from ..validation import check_scale
+from ._features import confidence_reference, global_features, pixel_features
+from ._network import RefineNet
+from ._weights import load_refiner, refiner_strength
+
+__all__ = ["refine_image"]
+
+
+def _check_inputs(image, confidence):
+    img = np.asarray(image)
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
+        raise ValueError(f"image: expected shape (H, W) or (H, W, 3), got {img.shape}")
+    if not np.issubdtype(img.dtype, np.floating):
+        raise TypeError(f"image: expected float values (linear light), got dtype {img.dtype}")
+    if min(img.shape[:2]) < 2:
+        raise ValueError(f"image: at least 2x2 pixels needed, got {img.shape[:2]}")
+    conf = np.asarray(confidence)
+    if conf.shape != img.shape[:2]:
+        raise ValueError(f"confidence: expected shape {img.shape[:2]}, got {conf.shape}")
+    if not np.issubdtype(conf.dtype, np.number):
+        raise TypeError(f"confidence: expected a numeric array, got dtype {conf.dtype}")
+    return np.asarray(img, np.float32), np.asarray(conf, np.float32)
+
+
+def _spans(n: int, core: int, margin: int) -> list[tuple[int, int, int, int]]:
+    """Tiles along one axis: (read_start, read_stop, core_start, core_stop)."""
+    out = []
+    for c0 in range(0, n, core):
+        c1 = min(c0 + core, n)
+        out.append((max(c0 - margin, 0), min(c1 + margin, n), c0, c1))
+    return out
+
+
+def refine_image(
+    image: np.ndarray,
+    confidence: np.ndarray,
+    *,
+    cfa: bool,
+    scale: float,
+    noise: tuple[float, float],
+    tile: int = 512,
+    progress: bool = False,
+    weights: str | os.PathLike | RefineNet | None = None,
+    strength: float | None = None,
+) -> np.ndarray:
+    """Refine a fused image with the learned residual network.
+
+    The network predicts a correction (residual blur, aliasing, noise) that is
+    added to the fused image; it sees the normalised confidence, so where
+    few samples were merged it stays close to the fusion.
+
+    Parameters
+    ----------
+    image : ndarray of float32, shape (H, W) or (H, W, 3)
+        Fused image (:attr:`mfsr.FusionResult.image`), grey or RGB, linear
+        light nominally in [0, 1].
+    confidence : ndarray of float32, shape (H, W)
+        :attr:`mfsr.FusionResult.confidence` (total kernel weight). It is
+        divided by its median over the whole image (its level depends on
+        scale and burst length) and enters as ``log1p(min(c / median, 16))``;
+        ``log1p(median)`` enters as a global feature. See
+        :mod:`mfsr.refine._features`.
+    cfa : bool
+        The fusion came from Bayer mosaics (the image is then RGB).
+    scale : float
+        Scale of the fusion (output pixels per input pixel).
+    noise : (float, float)
+        Noise model ``(alpha, beta)`` of the input frames
+        (:attr:`mfsr.FusionResult.noise`): variance ``alpha * I + beta``.
+    tile : int
+        Side of the tiles' cores, output pixels (rounded up to even). Each
+        tile is read with a margin of the network's receptive field and only
+        its core is kept, so the output does not depend on the tiling.
+    progress : bool
+        Show a tqdm progress bar (when there is more than one tile).
+    weights : path, RefineNet or None
+        Weight file (see :func:`load_refiner`), an already built network, or
+        None for the shipped weights.
+    strength : float or None
+        Factor on the network's residual, in [0, 1]. None takes the strength
+        calibrated for this mode and scale on validation bursts
+        (:func:`mfsr.refine.calibrate`, stored in the weights' manifest; 1.0
+        for a network or weight file without calibration): where the network
+        did not improve validation bursts, it shrinks the correction towards
+        the plain fusion.
+
+    Returns
+    -------
+    refined : ndarray of float32, same shape as ``image``
+        Not clipped (like the fusion, values may leave [0, 1] slightly).
+
+    Raises
+    ------
+    ValueError, TypeError
+        Invalid arguments (the message names the argument).
+    RefinerWeightsError
+        A ``RuntimeError`` naming the weight file when it is missing or
+        corrupt; ``fuse(..., refine=False)`` still works.
+
+    Notes
+    -----
+    Memory is one tile's activations (about ``(tile + 2 * margin)^2 * 64``
+    float32 at ``tile = 512``: about 30 MB) plus the output; torch uses
+    ``torch.get_num_threads()`` threads. Odd sizes are reflect-padded by one
+    pixel (the network works on 2x2 blocks). Inference runs in float32 under
+    ``torch.inference_mode``; the same input gives the same output.
+    """
+    img, conf = _check_inputs(image, confidence)
+    scale = check_scale(scale)
+    try:
+        alpha, beta = (float(v) for v in noise)
+    except (TypeError, ValueError):
+        raise TypeError(f"noise: expected a pair (alpha, beta) of numbers, got {noise!r}") from None
+    if not (math.isfinite(alpha) and math.isfinite(beta)) or alpha < 0 or beta < 0:
+        raise ValueError(f"noise: alpha and beta must be finite and >= 0, got {noise!r}")
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 2:
+        raise ValueError(f"tile: expected an integer >= 2, got {tile!r}")
+    grey = img.ndim == 2
+    if cfa and grey:
+        raise ValueError("cfa: a CFA fusion gives an RGB image, got a grey (H, W) image")
+    mode = "cfa" if cfa else ("grey" if grey else "rgb")
+    if isinstance(weights, RefineNet):
+        net = weights
+    else:
+        net = load_refiner(mode, weights)
+    if strength is None:
+        strength = 1.0 if isinstance(weights, RefineNet) else refiner_strength(mode, scale, weights)
+    strength = float(strength)
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength: expected a number in [0, 1], got {strength!r}")
+    a = np.float32(strength)
+
+    h, w = img.shape[:2]
+    ph, pw = h + h % 2, w + w % 2
+    if (ph, pw) != (h, w):
+        pad = ((0, ph - h), (0, pw - w))
+        img = np.pad(img, pad + ((0, 0),) * (img.ndim - 2), mode="reflect" if min(h, w) > 1 else "edge")
+        conf = np.pad(conf, pad, mode="reflect")
+    conf_ref = confidence_reference(conf[:h, :w])
+    g = torch.from_numpy(global_features(cfa=bool(cfa), grey=grey, scale=scale, conf_ref=conf_ref))[None]
+    core = int(tile) + int(tile) % 2
+    margin = net.radius + net.radius % 2
+    tiles = [(ys, xs) for ys in _spans(ph, core, margin) for xs in _spans(pw, core, margin)]
+    out = np.empty((ph, pw) if grey else (ph, pw, 3), np.float32)
+    it = tiles
+    if progress and len(tiles) > 1:
+        from tqdm.auto import tqdm
+
+        it = tqdm(tiles, desc="refine", unit="tile")
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.inference_mode():
+            for (y0, y1, cy0, cy1), (x0, x1, cx0, cx1) in it:
+                planes = pixel_features(
+                    img[y0:y1, x0:x1], conf[y0:y1, x0:x1], conf_ref=conf_ref, noise=(alpha, beta)
+                )
+                x = torch.from_numpy(planes)[None].contiguous(memory_format=torch.channels_last)
+                res = net(x, g)[0].numpy()
+                res = a * res[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+                base = planes[:3, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+                if grey:
+                    out[cy0:cy1, cx0:cx1] = base[0] + res.mean(axis=0)
+                else:
+                    out[cy0:cy1, cx0:cx1] = np.moveaxis(base + res, 0, 2)
+    finally:
+        net.train(was_training)
+    return np.ascontiguousarray(out[:h, :w])

@@ -1,0 +1,166 @@
+"""Shipped weights of the refinement network: location, hash check, loading.
+
+``mfsr/refine/weights/manifest.json`` names the weight file of each mode, its
+SHA-256, the architecture and the training configuration that produced it.
+Weights are a ``state_dict`` saved with ``torch.save`` and read with
+``torch.load(..., weights_only=True)`` (no pickled code runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._network import RefineNet
+
+__all__ = ["MODES", "RefinerWeightsError", "WEIGHTS_DIR", "load_refiner", "refiner_strength", "sha256_file"]
+
+#: Modes of :func:`load_refiner`: fusion of grey frames, of RGB frames, of Bayer mosaics.
+MODES = ("grey", "rgb", "cfa")
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+MANIFEST = "manifest.json"
+_FALLBACK = "fuse(..., refine=False) still works (the classical fusion without the network)"
+
+
+class RefinerWeightsError(RuntimeError):
+    """A weight file of the refinement network is missing, corrupt or does not match its manifest."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RefinerWeightsError(f"refiner manifest {path} is unreadable ({exc}); {_FALLBACK}") from None
+
+
+def _resolve(mode: str, weights) -> tuple[Path, dict | None]:
+    """Weight file for ``mode`` and the manifest entry that describes it (if any)."""
+    if weights is None:
+        manifest = _read_manifest(WEIGHTS_DIR)
+        if manifest is None:
+            raise RefinerWeightsError(
+                f"refiner manifest {WEIGHTS_DIR / MANIFEST} is missing; {_FALLBACK}"
+            )
+        try:
+            name = manifest["modes"][mode]
+        except (KeyError, TypeError):
+            raise RefinerWeightsError(
+                f"refiner manifest {WEIGHTS_DIR / MANIFEST} has no weights for mode {mode!r}; {_FALLBACK}"
+            ) from None
+        return WEIGHTS_DIR / name, manifest
+    path = Path(os.fspath(weights))
+    # a manifest beside a custom file is honoured when it describes that file
+    manifest = _read_manifest(path.parent)
+    if manifest is not None and path.name not in manifest.get("files", {}):
+        manifest = None
+    return path, manifest
+
+
+_CACHE: dict[tuple, RefineNet] = {}
+
+
+def load_refiner(mode: str, weights: str | os.PathLike | None = None) -> RefineNet:
+    """Load the refinement network for one mode, offline, with a hash check.
+
+    Parameters
+    ----------
+    mode : {"grey", "rgb", "cfa"}
+        Kind of fusion the image came from (grey frames, RGB frames, Bayer
+        mosaics). The shipped manifest maps all three to one shared network
+        (the mode is one of its inputs); the mapping allows separate weight
+        sets later.
+    weights : path or None
+        A weight file (``state_dict`` saved by ``torch.save``) instead of the
+        shipped one. A ``manifest.json`` beside it that lists the file is
+        honoured (hash and architecture); otherwise the default architecture
+        is assumed.
+
+    Returns
+    -------
+    RefineNet
+        In eval mode, on the CPU. Loaded models are cached by path, size and
+        modification time; treat the returned module as read-only.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``mode``.
+    RefinerWeightsError
+        (a ``RuntimeError``) The weight file is missing, fails its SHA-256
+        check, cannot be read by ``torch.load(weights_only=True)`` or does not
+        fit the architecture. The message names the file; the classical
+        fusion, ``fuse(..., refine=False)``, does not need it.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    path, manifest = _resolve(mode, weights)
+    try:
+        st = path.stat()
+    except OSError:
+        raise RefinerWeightsError(f"refiner weight file {path} is missing; {_FALLBACK}") from None
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _CACHE:
+        return _CACHE[key]
+    entry = (manifest or {}).get("files", {}).get(path.name, {})
+    expected = entry.get("sha256")
+    if expected is not None:
+        actual = sha256_file(path)
+        if actual != expected:
+            raise RefinerWeightsError(
+                f"refiner weight file {path} is corrupt: SHA-256 {actual[:16]}... does not match "
+                f"the manifest's {expected[:16]}...; reinstall mfsr. {_FALLBACK}"
+            )
+    arch = entry.get("architecture", {})
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net = RefineNet(**arch)
+        net.load_state_dict(state)
+    except Exception as exc:  # torch raises several types for bad files
+        raise RefinerWeightsError(
+            f"refiner weight file {path} cannot be loaded ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); {_FALLBACK}"
+        ) from None
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    net = net.to(memory_format=torch.channels_last)
+    _CACHE[key] = net
+    return net
+
+
+def refiner_strength(mode: str, scale: float, weights: str | os.PathLike | None = None) -> float:
+    """Calibrated strength of the residual for ``mode`` at ``scale``.
+
+    ``manifest["strength"][mode]`` maps scales to the factor ``a`` in
+    ``fused + a * residual`` that maximised the mean PSNR gain on validation
+    bursts (:mod:`mfsr.refine.calibrate`); it is interpolated linearly in
+    ``log2(scale)`` and held constant beyond the calibrated range. 1.0 when
+    the manifest has no calibration (e.g. a bare weight file).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    _, manifest = _resolve(mode, weights)
+    table = (manifest or {}).get("strength", {}).get(mode)
+    if not table:
+        return 1.0
+    pts = sorted((float(k), float(v)) for k, v in table.items())
+    xs = np.log2([p[0] for p in pts])
+    ys = np.clip([p[1] for p in pts], 0.0, 1.0)
+    return float(np.interp(np.log2(float(scale)), xs, ys))

@@ -1,0 +1,470 @@
+"""Train the refinement network on simulated bursts fused by the real pipeline.
+
+Usage::
+
+    python -m mfsr.refine.train --out DIR [--minutes M] [--seed S] [--bursts N]
+
+Two phases:
+
+1. **Cache**: ``--bursts`` bursts are simulated with :func:`mfsr.synth.simulate_burst`
+   over a wide randomised degradation range (grey / RGB / Bayer with a random
+   pattern, scale 1 to 4, 2 to 16 frames, shifts up to 4 px, rotations up to
+   1 degree, optional smooth local warp and moving object, optical blur 0 to
+   1 HR px, Poisson-Gaussian noise from none to strong) from random crops of
+   the training photographs (:data:`mfsr.refine.heldout.TRAIN_IMAGES`, random
+   flips, colour gains and exposure; grey photos colourised with a random
+   tint) and dead-leaves textures, and fused with :func:`mfsr.fuse` exactly
+   as a user calls it (its own registration, estimated noise model, default
+   :class:`mfsr.fusion.FusionParams`, so including its final unsharp mask).
+   Each burst's fused image, confidence and ground truth are kept in memory as
+   network input planes (:mod:`mfsr.refine._features`).
+2. **Training** for ``--minutes``: Adam, cosine learning-rate decay over the
+   time budget, relative L1 loss in linear light (see :func:`loss_fn`) on random 64x64 crops with random
+   flips / 90-degree rotations (the fused image is RGB already, so this is
+   exact for CFA bursts too; all four Bayer phases are in the data), batches
+   of 16. A fixed validation set (other seeds, training images) is refined
+   through :func:`mfsr.refine.refine_image` every few minutes.
+
+Outputs in ``DIR``: ``refiner.pt`` (state_dict), ``manifest.json`` (SHA-256,
+architecture, the full training configuration, duration, final losses),
+``training.csv`` and ``training.png`` (curves drawn with Pillow). Copy
+``refiner.pt`` and ``manifest.json`` into ``mfsr/refine/weights/`` to ship
+them (or pass ``--out mfsr/refine/weights``), then run
+``python -m mfsr.refine.calibrate --dir mfsr/refine/weights`` to fit the
+per-mode, per-scale strength of the residual on validation bursts.
+
+Reproducibility: all randomness comes from ``--seed``; the number of steps
+done in ``--minutes`` depends on the machine, so ``--steps`` fixes it for a
+bit-for-bit rerun on the same software.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..fusion import fuse
+from ..metrics import psnr, ssim
+from ..synth import dead_leaves, sample_image, simulate_burst
+from ._features import confidence_reference, global_features, pixel_features
+from ._network import RefineNet
+from ._weights import MODES, sha256_file
+from .heldout import HELDOUT_IMAGES, TRAIN_DEAD_LEAVES_SEEDS, TRAIN_IMAGES
+
+PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
+#: Output (ground-truth) side of a training burst, HR px, before rounding.
+HR_SIDE = 144
+MIN_LR_SIDE = 40
+PATCH = 64
+BATCH = 16
+
+
+@dataclass
+class Example:
+    """One fused training burst as network inputs and target."""
+
+    planes: np.ndarray  # (5, H, W) float32
+    globals_: np.ndarray  # (4,) float32
+    truth: np.ndarray  # (3, H, W) float32 (grey replicated)
+    grey: bool
+    info: dict
+
+
+def _source_pool() -> list[tuple[str, np.ndarray]]:
+    """Training scenes, linear light: the photographs and dead-leaves textures."""
+    pool = [(name, sample_image(name)) for name in TRAIN_IMAGES]
+    for s in TRAIN_DEAD_LEAVES_SEEDS:
+        pool.append((f"dead_leaves:{s}", dead_leaves(384, seed=s, grey=(s % 4 == 3))))
+    return pool
+
+
+def _draw_scene(rng, pool, side: int, want_grey: bool) -> tuple[str, np.ndarray]:
+    """A random crop of a random training scene, with random flips and colour."""
+    # photos twice as often as textures (natural statistics first)
+    n_photo = len(TRAIN_IMAGES)
+    if rng.random() < 0.67:
+        name, img = pool[int(rng.integers(n_photo))]
+    else:
+        name, img = pool[int(rng.integers(n_photo, len(pool)))]
+    h, w = img.shape[:2]
+    if h < side or w < side:
+        reps = (math.ceil(side / h), math.ceil(side / w)) + ((1,) if img.ndim == 3 else ())
+        img = np.tile(img, reps)
+        h, w = img.shape[:2]
+    y0, x0 = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
+    crop = img[y0 : y0 + side, x0 : x0 + side].astype(np.float32)
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    if rng.random() < 0.5:
+        crop = crop[::-1]
+    crop = np.rot90(crop, int(rng.integers(4)))
+    if want_grey:
+        if crop.ndim == 3:
+            crop = crop @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    else:
+        if crop.ndim == 2:
+            tint = rng.uniform(0.4, 1.0, 3).astype(np.float32)
+            crop = crop[..., None] * tint
+        else:
+            crop = crop * rng.uniform(0.7, 1.3, 3).astype(np.float32)
+    peak = max(float(crop.max()), 1e-3)
+    # random exposure; never above 1 (the sensor clips, the simulator does not)
+    crop = crop * np.float32(rng.uniform(0.35, 1.0) / max(peak, 1.0))
+    return name, np.ascontiguousarray(crop, np.float32)
+
+
+def _draw_burst(rng, pool, mode: str | None = None, scale: float | None = None) -> tuple[dict, np.ndarray, object]:
+    """Degradation parameters, scene and simulated burst (``mode``/``scale`` force those draws)."""
+    u = rng.random()
+    drawn_mode = "cfa" if u < 0.45 else ("grey" if u < 0.8 else "rgb")
+    u = rng.random()
+    drawn_scale = 1.0 if u < 0.35 else (2.0 if u < 0.7 else float(np.round(rng.uniform(1.25, 4.0), 2)))
+    mode = drawn_mode if mode is None else mode
+    scale = drawn_scale if scale is None else float(scale)
+    lr = max(MIN_LR_SIDE, int(round(HR_SIDE / scale)))
+    lr += lr % 2
+    side = int(math.ceil(lr * scale)) + 1
+    name, scene = _draw_scene(rng, pool, side, mode == "grey")
+    alpha = 0.0 if rng.random() < 0.2 else float(10 ** rng.uniform(-5, -2))
+    beta = 0.0 if rng.random() < 0.25 else float(10 ** rng.uniform(-7, -3))
+    cfg = dict(
+        mode=mode,
+        scene=name,
+        scale=scale,
+        n_frames=int(rng.integers(2, 17)),
+        cfa=PATTERNS[int(rng.integers(4))] if mode == "cfa" else None,
+        max_shift=float(rng.uniform(0.5, 4.0)),
+        max_rotation=0.0 if rng.random() < 0.3 else float(rng.uniform(0.0, 1.0)),
+        local_warp=0.0 if rng.random() < 0.8 else float(rng.uniform(0.0, 0.5)),
+        moving_object=bool(rng.random() < 0.1),
+        blur_sigma=float(rng.uniform(0.0, 1.0)),
+        alpha=alpha,
+        beta=beta,
+        seed=int(rng.integers(2**31)),
+    )
+    kw = {k: v for k, v in cfg.items() if k not in ("mode", "scene")}
+    try:
+        burst = simulate_burst(scene, **kw)
+    except ValueError:  # e.g. no room for a moving object
+        kw["moving_object"] = cfg["moving_object"] = False
+        burst = simulate_burst(scene, **kw)
+    return cfg, scene, burst
+
+
+def make_example(burst, cfg: dict) -> Example:
+    """Fuse a simulated burst with the default pipeline and build the network inputs."""
+    t0 = time.perf_counter()
+    res = fuse(burst.frames, scale=burst.scale, cfa=burst.cfa)
+    dt = time.perf_counter() - t0
+    grey = res.image.ndim == 2
+    conf_ref = confidence_reference(res.confidence)
+    planes = pixel_features(res.image, res.confidence, conf_ref=conf_ref, noise=res.noise)
+    g = global_features(cfa=burst.cfa is not None, grey=grey, scale=burst.scale, conf_ref=conf_ref)
+    truth = burst.ground_truth
+    truth = np.repeat(truth[None], 3, 0) if truth.ndim == 2 else np.moveaxis(truth, 2, 0)
+    info = dict(cfg, fuse_s=dt, noise_est=res.noise)
+    return Example(planes, g, np.ascontiguousarray(truth, np.float32), grey, info)
+
+
+def build_cache(n: int, seed: int, log=print) -> tuple[list[Example], float]:
+    """Simulate and fuse ``n`` bursts; returns the examples and the total fuse time (s)."""
+    rng = np.random.default_rng(seed)
+    pool = _source_pool()
+    out, fuse_total = [], 0.0
+    t0 = time.perf_counter()
+    for i in range(n):
+        cfg, _, burst = _draw_burst(rng, pool)
+        ex = make_example(burst, cfg)
+        fuse_total += ex.info["fuse_s"]
+        out.append(ex)
+        if (i + 1) % max(1, n // 10) == 0:
+            log(f"cache {i + 1}/{n}: {time.perf_counter() - t0:.0f} s (fuse {fuse_total:.0f} s)")
+    return out, fuse_total
+
+
+def _batch(rng, cache: list[Example], batch: int, patch: int):
+    planes, gl, truth, grey = [], [], [], []
+    for _ in range(batch):
+        ex = cache[int(rng.integers(len(cache)))]
+        _, h, w = ex.planes.shape
+        y0, x0 = int(rng.integers(h - patch + 1)), int(rng.integers(w - patch + 1))
+        p = ex.planes[:, y0 : y0 + patch, x0 : x0 + patch]
+        t = ex.truth[:, y0 : y0 + patch, x0 : x0 + patch]
+        k = int(rng.integers(4))
+        flip = rng.random() < 0.5
+        p, t = np.rot90(p, k, axes=(1, 2)), np.rot90(t, k, axes=(1, 2))
+        if flip:
+            p, t = p[:, :, ::-1], t[:, :, ::-1]
+        planes.append(np.ascontiguousarray(p))
+        truth.append(np.ascontiguousarray(t))
+        gl.append(ex.globals_)
+        grey.append(ex.grey)
+    return (
+        torch.from_numpy(np.stack(planes)),
+        torch.from_numpy(np.stack(gl)),
+        torch.from_numpy(np.stack(truth)),
+        torch.tensor(grey),
+    )
+
+
+#: Floor of the per-example fused error in the relative loss (linear light).
+REL_EPS = 2e-3
+
+
+def loss_fn(net: RefineNet, planes, gl, truth, grey) -> torch.Tensor:
+    """Relative L1: each example's L1 divided by the fused image's own L1 on it.
+
+    Grey examples are scored on the channel mean (as inferred). A plain L1 is
+    dominated by the hardest examples (strong noise, scale 4), and a first
+    run trained with it sharpened and lost up to 4 dB on clean scale-1 bursts
+    whose tiny errors it ignored; dividing by the fused error weights every
+    example by the *relative* improvement, which is what PSNR gains measure.
+    ``REL_EPS`` keeps flat, already perfect patches from dominating.
+    """
+    out = planes[:, :3] + net(planes, gl)
+    g = grey[:, None, None, None]
+    out = torch.where(g, out.mean(dim=1, keepdim=True).expand_as(out), out)
+    fused = planes[:, :3]
+    fused = torch.where(g, fused.mean(dim=1, keepdim=True).expand_as(fused), fused)
+    base = (fused - truth).abs().mean(dim=(1, 2, 3)) + REL_EPS
+    err = (out - truth).abs().mean(dim=(1, 2, 3))
+    return (err / base).mean()
+
+
+def evaluate(net: RefineNet, examples: list[Example]) -> dict:
+    """Mean L1 and PSNR (8 px border excluded) of fused and refined validation images."""
+    from ._inference import refine_image
+
+    l1_f, l1_r, p_f, p_r = [], [], [], []
+    for ex in examples:
+        fused = ex.planes[:3]
+        conf_ref = math.expm1(2.0 * float(ex.globals_[3]))
+        conf = np.expm1(ex.planes[3]) * conf_ref
+        img = fused[0] if ex.grey else np.moveaxis(fused, 0, 2)
+        truth = ex.truth[0] if ex.grey else np.moveaxis(ex.truth, 0, 2)
+        out = refine_image(
+            img, conf, cfa=bool(ex.globals_[0] > 0.5), scale=ex.info["scale"],
+            noise=ex.info["noise_est"], weights=net,
+        )
+        l1_f.append(float(np.abs(img - truth).mean()))
+        l1_r.append(float(np.abs(out - truth).mean()))
+        p_f.append(psnr(img, truth, crop=8))
+        p_r.append(psnr(out, truth, crop=8))
+    return dict(
+        val_l1_fused=float(np.mean(l1_f)), val_l1_refined=float(np.mean(l1_r)),
+        val_psnr_fused=float(np.mean(p_f)), val_psnr_refined=float(np.mean(p_r)),
+    )
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    """Training and validation L1 against step, drawn with Pillow (no matplotlib here)."""
+    from PIL import Image, ImageDraw
+
+    W, H, m = 800, 480, 60
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    series = {
+        "train L1": ([r["step"] for r in rows], [r["train_l1"] for r in rows], (31, 119, 180)),
+        "val L1 refined": (
+            [r["step"] for r in rows if r.get("val_l1_refined") not in (None, "")],
+            [r["val_l1_refined"] for r in rows if r.get("val_l1_refined") not in (None, "")],
+            (214, 39, 40),
+        ),
+        "val L1 fused": (
+            [r["step"] for r in rows if r.get("val_l1_fused") not in (None, "")],
+            [r["val_l1_fused"] for r in rows if r.get("val_l1_fused") not in (None, "")],
+            (127, 127, 127),
+        ),
+    }
+    xs = [x for s in series.values() for x in s[0]]
+    ys = [y for s in series.values() for y in s[1] if y > 0]
+    if not xs or not ys:
+        img.save(path)
+        return
+    x_max = max(max(xs), 1)
+    y_lo, y_hi = math.log10(min(ys)), math.log10(max(ys))
+    if y_hi - y_lo < 1e-6:
+        y_lo, y_hi = y_lo - 0.1, y_hi + 0.1
+
+    def px(x, y):
+        return (m + (W - 2 * m) * x / x_max, H - m - (H - 2 * m) * (math.log10(y) - y_lo) / (y_hi - y_lo))
+
+    d.rectangle([m, m, W - m, H - m], outline="black")
+    for k in range(5):
+        yv = 10 ** (y_lo + (y_hi - y_lo) * k / 4)
+        _, yy = px(0, yv)
+        d.text((4, yy - 6), f"{yv:.4f}", fill="black")
+        xv = x_max * k / 4
+        xx, _ = px(xv, 10**y_lo)
+        d.text((xx - 10, H - m + 6), f"{int(xv)}", fill="black")
+    d.text((W // 2 - 20, H - 24), "step", fill="black")
+    d.text((m, 20), "L1 (log scale), linear light", fill="black")
+    for i, (label, (sx, sy, col)) in enumerate(series.items()):
+        pts = [px(x, y) for x, y in zip(sx, sy) if y > 0]
+        if len(pts) > 1:
+            d.line(pts, fill=col, width=2)
+        elif pts:
+            d.ellipse([pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2], fill=col)
+        d.text((W - m - 150, m + 10 + 16 * i), label, fill=col)
+    img.save(path)
+
+
+def train(
+    out: Path,
+    *,
+    minutes: float = 40.0,
+    seed: int = 0,
+    bursts: int = 1500,
+    val_bursts: int = 24,
+    steps: int | None = None,
+    channels: int = 32,
+    blocks: int = 4,
+    lr: float = 1e-3,
+    eval_every_s: float = 300.0,
+    log=print,
+) -> dict:
+    """Build the cache, train, and write weights, manifest and curves to ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    torch.manual_seed(seed)
+    log(f"torch threads: {torch.get_num_threads()}")
+    cache, fuse_total = build_cache(bursts, seed, log)
+    val, _ = build_cache(val_bursts, seed + 10_000, log=lambda *_: None)
+    t_cache = time.time() - t_start
+    log(f"cache ready: {len(cache)} bursts in {t_cache:.0f} s (fuse total {fuse_total:.0f} s)")
+
+    net = RefineNet(channels, blocks)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    rng = np.random.default_rng(seed + 1)
+    budget = minutes * 60.0
+    rows: list[dict] = []
+    t0 = time.time()
+    last_eval = t0
+    step, acc, acc_n = 0, 0.0, 0
+    csv_path = out / "training.csv"
+    fields = ["step", "elapsed_s", "lr", "train_l1", "val_l1_fused", "val_l1_refined",
+              "val_psnr_fused", "val_psnr_refined"]
+    with open(csv_path, "w", newline="") as fcsv:
+        writer = csv.DictWriter(fcsv, fieldnames=fields)
+        writer.writeheader()
+        while True:
+            elapsed = time.time() - t0
+            frac = step / steps if steps is not None else elapsed / budget
+            if frac >= 1.0:
+                break
+            cur_lr = 1e-5 + 0.5 * (lr - 1e-5) * (1 + math.cos(math.pi * min(frac, 1.0)))
+            for g in opt.param_groups:
+                g["lr"] = cur_lr
+            planes, gl, truth, grey = _batch(rng, cache, BATCH, PATCH)
+            net.train()
+            loss = loss_fn(net, planes, gl, truth, grey)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            acc += loss.item()
+            acc_n += 1
+            if step % 100 == 0:
+                row = dict(step=step, elapsed_s=round(time.time() - t0, 1), lr=cur_lr, train_l1=acc / acc_n)
+                acc, acc_n = 0.0, 0
+                if time.time() - last_eval > eval_every_s:
+                    row.update(evaluate(net, val))
+                    # a checkpoint, so a crash late in the run loses little
+                    torch.save(net.state_dict(), out / "refiner_partial.pt")
+                    last_eval = time.time()
+                    log(f"step {step} {row}")
+                rows.append(row)
+                writer.writerow(row)
+                fcsv.flush()
+        final = evaluate(net, val)
+        row = dict(step=step, elapsed_s=round(time.time() - t0, 1), lr=cur_lr if step else lr,
+                   train_l1=acc / acc_n if acc_n else (rows[-1]["train_l1"] if rows else float("nan")))
+        row.update(final)
+        rows.append(row)
+        writer.writerow(row)
+    t_train = time.time() - t0
+    log(f"trained {step} steps in {t_train:.0f} s; final {final}")
+
+    weight_path = out / "refiner.pt"
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    torch.save(state, weight_path)
+    plot_curves(rows, out / "training.png")
+    fuse_times = [ex.info["fuse_s"] for ex in cache]
+    modes = [ex.info["mode"] for ex in cache]
+    manifest = {
+        "format": 1,
+        "modes": {m: weight_path.name for m in MODES},
+        "files": {
+            weight_path.name: {
+                "sha256": sha256_file(weight_path),
+                "bytes": weight_path.stat().st_size,
+                "architecture": {"channels": channels, "blocks": blocks},
+                "parameters": int(sum(p.numel() for p in net.parameters())),
+            }
+        },
+        "training": {
+            "command": f"python -m mfsr.refine.train --out {out} --minutes {minutes} --seed {seed} "
+                       f"--bursts {bursts}" + (f" --steps {steps}" if steps else ""),
+            "seed": seed,
+            "train_images": list(TRAIN_IMAGES),
+            "dead_leaves_seeds": list(TRAIN_DEAD_LEAVES_SEEDS),
+            "heldout_images": list(HELDOUT_IMAGES),
+            "bursts": len(cache),
+            "bursts_by_mode": {m: modes.count(m) for m in MODES},
+            "validation_bursts": len(val),
+            "hr_side": HR_SIDE, "patch": PATCH, "batch": BATCH,
+            "degradations": "see mfsr/refine/train.py _draw_burst: scale 1 (35%), 2 (35%), U(1.25, 4); "
+                            "2-16 frames; shift U(0.5, 4) px; rotation 0 (30%) or U(0, 1) deg; local warp "
+                            "U(0, 0.5) px (20%); moving object (10%); blur U(0, 1) HR px; alpha 0 (20%) or "
+                            "10^U(-5, -2); beta 0 (25%) or 10^U(-7, -3); fuse() defaults (sharpening on), "
+                            "noise model estimated by fuse",
+            "fusion_params": "mfsr.fusion.FusionParams() defaults (sharpen_amount=0.6)",
+            "loss": f"relative L1 (per-example L1 / (fused L1 + {REL_EPS})), linear light",
+            "optimizer": f"Adam lr {lr}, cosine decay to 1e-5 over the budget",
+            "steps": step,
+            "minutes_budget": minutes,
+            "cache_seconds": round(t_cache, 1),
+            "fuse_seconds_total": round(fuse_total, 1),
+            "fuse_seconds_per_burst_mean": round(float(np.mean(fuse_times)), 4),
+            "train_seconds": round(t_train, 1),
+            "total_seconds": round(time.time() - t_start, 1),
+            "final_train_l1": rows[-1]["train_l1"] if rows else None,
+            "final_validation": final,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": f"{platform.machine()} {platform.processor() or 'cpu'}",
+            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    log(f"wrote {weight_path} ({weight_path.stat().st_size} bytes) and manifest.json")
+    return manifest
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Train the mfsr refinement network (CPU, about an hour).")
+    parser.add_argument("--out", required=True, type=Path, help="output folder for weights, manifest, curves")
+    parser.add_argument("--minutes", type=float, default=40.0, help="training-phase budget (after the cache)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bursts", type=int, default=1500, help="simulated and fused bursts in the cache")
+    parser.add_argument("--steps", type=int, default=None, help="fixed step count instead of the time budget")
+    parser.add_argument("--channels", type=int, default=32)
+    parser.add_argument("--blocks", type=int, default=4)
+    args = parser.parse_args(argv)
+    train(args.out, minutes=args.minutes, seed=args.seed, bursts=args.bursts, steps=args.steps,
+          channels=args.channels, blocks=args.blocks, log=lambda *a: print(*a, flush=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Tests of the learned refinement stage (mfsr.refine)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from mfsr.refine import MODES, RefineNet, RefinerWeightsError, load_refiner, refine_image
+from mfsr.refine._features import confidence_reference, pixel_features
+from mfsr.refine._weights import MANIFEST, WEIGHTS_DIR, sha256_file
+from mfsr.refine.heldout import EXCLUDED_IMAGES, HELDOUT_IMAGES, TRAIN_IMAGES
+from mfsr.synth import SAMPLE_IMAGES
+
+NOISE = (1e-3, 1e-5)
+
+
+def _inputs(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    img = rng.random(shape, dtype=np.float32)
+    conf = (rng.random(shape[:2], dtype=np.float32) * 6.0).astype(np.float32)
+    return img, conf
+
+
+def _random_net(seed=0) -> RefineNet:
+    """A network with a non-zero residual (the tail starts at zero by design)."""
+    torch.manual_seed(seed)
+    net = RefineNet(channels=8, blocks=2)
+    torch.nn.init.normal_(net.tail.weight, std=0.1)
+    return net.eval()
+
+
+@pytest.mark.parametrize(
+    "shape, cfa",
+    [((40, 52), False), ((40, 52, 3), False), ((40, 52, 3), True), ((33, 47, 3), True), ((31, 45), False)],
+)
+def test_shapes_and_dtypes(shape, cfa):
+    img, conf = _inputs(shape)
+    out = refine_image(img, conf, cfa=cfa, scale=2.0, noise=NOISE)
+    assert out.shape == shape
+    assert out.dtype == np.float32
+    assert np.isfinite(out).all()
+
+
+def test_shipped_weights_load_offline_and_match_manifest():
+    manifest = json.loads((WEIGHTS_DIR / MANIFEST).read_text())
+    assert set(manifest["modes"]) == set(MODES)
+    for mode in MODES:
+        name = manifest["modes"][mode]
+        entry = manifest["files"][name]
+        assert sha256_file(WEIGHTS_DIR / name) == entry["sha256"]
+        net = load_refiner(mode)
+        assert isinstance(net, RefineNet)
+        assert not net.training
+        n_params = sum(p.numel() for p in net.parameters())
+        assert n_params == entry["parameters"]
+    # small weights: well under a megabyte each
+    assert all(e["bytes"] < 1_000_000 for e in manifest["files"].values())
+    assert "seed" in manifest["training"] and "steps" in manifest["training"]
+
+
+def test_load_refiner_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="mode"):
+        load_refiner("bayer")
+
+
+def test_deterministic():
+    img, conf = _inputs((48, 64, 3), seed=1)
+    a = refine_image(img, conf, cfa=True, scale=1.0, noise=NOISE)
+    b = refine_image(img.copy(), conf.copy(), cfa=True, scale=1.0, noise=NOISE)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("shape", [(70, 90, 3), (67, 53)])
+def test_tiled_equals_whole_image(shape):
+    net = _random_net()
+    img, conf = _inputs(shape, seed=2)
+    whole = refine_image(img, conf, cfa=False, scale=2.0, noise=NOISE, tile=4096, weights=net)
+    assert np.abs(whole - img).max() > 1e-3  # the residual is not trivially zero
+    for tile in (16, 22, 40):
+        tiled = refine_image(img, conf, cfa=False, scale=2.0, noise=NOISE, tile=tile, weights=net)
+        np.testing.assert_allclose(tiled, whole, atol=1e-3, rtol=0)
+        assert np.abs(tiled - whole).max() < 1e-5
+
+
+def test_tile_margin_covers_receptive_field():
+    """A change at one pixel moves no output farther than the network's radius."""
+    net = _random_net(3)
+    img, conf = _inputs((96, 96), seed=3)
+    a = refine_image(img, conf, cfa=False, scale=1.0, noise=NOISE, weights=net)
+    img2 = img.copy()
+    img2[48, 48] += 0.5
+    b = refine_image(img2, conf, cfa=False, scale=1.0, noise=NOISE, weights=net)
+    changed = np.argwhere(np.abs(a - b) > 0)
+    assert changed.size
+    assert np.abs(changed - 48).max() <= net.radius + 1
+
+
+def test_confidence_reference_is_scale_free():
+    conf = np.random.default_rng(4).random((50, 60)).astype(np.float32) + 0.5
+    assert confidence_reference(7.0 * conf) == pytest.approx(7.0 * confidence_reference(conf), rel=1e-6)
+    planes_a = pixel_features(np.zeros((50, 60), np.float32), conf, conf_ref=confidence_reference(conf), noise=(0, 0))
+    planes_b = pixel_features(
+        np.zeros((50, 60), np.float32), 7 * conf, conf_ref=confidence_reference(7 * conf), noise=(0, 0)
+    )
+    np.testing.assert_allclose(planes_a[3], planes_b[3], atol=1e-6)
+    assert confidence_reference(np.zeros((4, 4), np.float32)) == 1.0
+
+
+def test_noise_plane():
+    img = np.full((4, 4), 0.25, np.float32)
+    planes = pixel_features(img, np.ones((4, 4), np.float32), conf_ref=1.0, noise=(4e-3, 1e-4))
+    np.testing.assert_allclose(planes[4], 10.0 * np.sqrt(4e-3 * 0.25 + 1e-4), rtol=1e-5)
+    np.testing.assert_allclose(planes[3], np.log1p(1.0), rtol=1e-6)
+    np.testing.assert_array_equal(planes[0], planes[2])
+
+
+def test_missing_weight_file(tmp_path):
+    missing = tmp_path / "nothing.pt"
+    img, conf = _inputs((20, 20, 3))
+    with pytest.raises(RefinerWeightsError, match="nothing.pt") as info:
+        refine_image(img, conf, cfa=True, scale=1.0, noise=NOISE, weights=missing)
+    assert "refine=False" in str(info.value)
+    assert isinstance(info.value, RuntimeError)
+
+
+def test_corrupt_weight_file(tmp_path):
+    bad = tmp_path / "refiner.pt"
+    bad.write_bytes(b"this is not a torch file" * 10)
+    img, conf = _inputs((20, 20, 3))
+    with pytest.raises(RefinerWeightsError, match="refiner.pt") as info:
+        refine_image(img, conf, cfa=False, scale=1.0, noise=NOISE, weights=bad)
+    assert "refine=False" in str(info.value)
+
+
+def test_hash_mismatch_detected(tmp_path):
+    """A copy of the shipped weights with its manifest, then one flipped byte."""
+    manifest = json.loads((WEIGHTS_DIR / MANIFEST).read_text())
+    name = manifest["modes"]["cfa"]
+    shutil.copy(WEIGHTS_DIR / name, tmp_path / name)
+    shutil.copy(WEIGHTS_DIR / MANIFEST, tmp_path / MANIFEST)
+    assert isinstance(load_refiner("cfa", tmp_path / name), RefineNet)
+    data = bytearray((tmp_path / name).read_bytes())
+    data[-10] ^= 0xFF
+    (tmp_path / name).write_bytes(bytes(data))
+    with pytest.raises(RefinerWeightsError, match="SHA-256"):
+        load_refiner("cfa", tmp_path / name)
+
+
+def test_wrong_architecture_is_a_clear_error(tmp_path):
+    path = tmp_path / "small.pt"
+    torch.save(RefineNet(channels=8, blocks=1).state_dict(), path)
+    with pytest.raises(RefinerWeightsError, match="small.pt"):
+        load_refiner("grey", path)
+
+
+def test_progress_bar(capsys):
+    img, conf = _inputs((40, 40, 3))
+    out = refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, tile=16, progress=True)
+    err = capsys.readouterr().err
+    assert "refine" in err and "9/9" in err
+    np.testing.assert_allclose(out, refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(noise=(-1.0, 0.0)), "noise"),
+        (dict(noise="x"), "noise"),
+        (dict(scale=0.0), "scale"),
+        (dict(tile=1), "tile"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    img, conf = _inputs((20, 20, 3))
+    args = dict(cfa=False, scale=1.0, noise=NOISE)
+    args.update(kwargs)
+    with pytest.raises((ValueError, TypeError), match=match):
+        refine_image(img, conf, **args)
+
+
+def test_bad_shapes():
+    img, conf = _inputs((20, 20, 3))
+    with pytest.raises(ValueError, match="confidence"):
+        refine_image(img, conf[:10], cfa=False, scale=1.0, noise=NOISE)
+    with pytest.raises(ValueError, match="cfa"):
+        refine_image(img[..., 0], conf, cfa=True, scale=1.0, noise=NOISE)
+    with pytest.raises(ValueError, match="image"):
+        refine_image(img[..., :2], conf, cfa=False, scale=1.0, noise=NOISE)
+
+
+def test_heldout_images_not_in_training():
+    assert not set(HELDOUT_IMAGES) & set(TRAIN_IMAGES)
+    assert not set(EXCLUDED_IMAGES) & set(TRAIN_IMAGES)
+    assert set(HELDOUT_IMAGES) | set(TRAIN_IMAGES) <= set(SAMPLE_IMAGES)
+
+
+def test_one_training_step_reduces_loss_on_toy_batch():
+    from mfsr.refine.train import loss_fn
+
+    torch.manual_seed(0)
+    net = RefineNet(channels=8, blocks=1)
+    rng = np.random.default_rng(5)
+    planes = torch.from_numpy(rng.random((2, 5, 16, 16), dtype=np.float32))
+    gl = torch.zeros(2, 4)
+    truth = planes[:, :3] + 0.05
+    grey = torch.tensor([False, True])
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    with torch.no_grad():
+        before = float(loss_fn(net, planes, gl, truth, grey))
+    for _ in range(10):
+        opt.zero_grad()
+        loss_fn(net, planes, gl, truth, grey).backward()
+        opt.step()
+    with torch.no_grad():
+        assert float(loss_fn(net, planes, gl, truth, grey)) < before
+
+
+def test_strength_zero_returns_fusion_and_one_is_raw():
+    net = _random_net(6)
+    img, conf = _inputs((32, 36, 3), seed=6)
+    np.testing.assert_array_equal(
+        refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, weights=net, strength=0.0), img
+    )
+    full = refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, weights=net, strength=1.0)
+    half = refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, weights=net, strength=0.5)
+    np.testing.assert_allclose(half - img, 0.5 * (full - img), atol=1e-6)
+    with pytest.raises(ValueError, match="strength"):
+        refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, weights=net, strength=1.5)
+
+
+def test_calibrated_strength_is_interpolated_in_log_scale(tmp_path):
+    from mfsr.refine._weights import refiner_strength
+
+    path = tmp_path / "refiner.pt"
+    torch.save(RefineNet().state_dict(), path)
+    manifest = {
+        "format": 1,
+        "modes": {m: "refiner.pt" for m in MODES},
+        "files": {"refiner.pt": {"architecture": {"channels": 32, "blocks": 4}}},
+    }
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    assert refiner_strength("cfa", 2.0, path) == 1.0  # no calibration: raw network
+    manifest["strength"] = {"cfa": {"1": 0.2, "4": 1.0}}
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    assert refiner_strength("cfa", 1.0, path) == pytest.approx(0.2)
+    assert refiner_strength("cfa", 2.0, path) == pytest.approx(0.6)
+    assert refiner_strength("cfa", 8.0, path) == pytest.approx(1.0)
+    assert refiner_strength("cfa", 0.5, path) == pytest.approx(0.2)
+    assert refiner_strength("grey", 2.0, path) == 1.0
