@@ -524,6 +524,43 @@ def _jpeg(frame: np.ndarray, quality: int) -> np.ndarray:
     return np.asarray(Image.open(buf), dtype=np.float32) / np.float32(255.0)
 
 
+def _check_scene(image, scale, n_frames, reference, cfa):
+    """Validated ``(image float32, scale, n, reference, cfa)`` of a simulation."""
+    img = np.asarray(image)
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
+        raise ValueError(f"image: expected shape (H, W) or (H, W, 3), got {img.shape}")
+    if not np.issubdtype(img.dtype, np.floating):
+        raise TypeError(f"image: expected linear float values in [0, 1], got dtype {img.dtype}")
+    img = np.ascontiguousarray(img, dtype=np.float32)
+    if not np.isfinite(img).all():
+        raise ValueError("image: NaN or infinite values")
+    s = check_scale(scale)
+    if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 1:
+        raise ValueError(f"n_frames: expected a positive integer, got {n_frames!r}")
+    n = int(n_frames)
+    ref = check_reference(reference, n)
+    if cfa is not None:
+        cfa = check_pattern(cfa)
+        if img.ndim != 3:
+            raise ValueError(f"cfa: a CFA burst ({cfa}) needs an RGB image (H, W, 3), got {img.shape}")
+    return img, s, n, ref, cfa
+
+
+def _check_non_negative(**values: float) -> None:
+    for name, v in values.items():
+        if not np.isfinite(v) or v < 0:
+            raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
+
+
+def _add_noise(frame: np.ndarray, rng: np.random.Generator, alpha: float, beta: float) -> None:
+    """Poisson-Gaussian noise in place: variance ``alpha * x + beta``."""
+    if alpha > 0:
+        lam = np.maximum(frame, 0.0).astype(np.float64) / alpha
+        frame[...] = (alpha * rng.poisson(lam)).astype(np.float32)
+    if beta > 0:
+        frame += np.float32(math.sqrt(beta)) * rng.standard_normal(frame.shape, dtype=np.float32)
+
+
 def simulate_burst(
     image: np.ndarray,
     *,
@@ -611,27 +648,9 @@ def simulate_burst(
     6000 x 8000 scene) for translations; about 44 s at scale 2 with 1 degree
     rotations. Exact Poisson sampling is about 1 s per 12-megapixel frame.
     """
-    img = np.asarray(image)
-    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
-        raise ValueError(f"image: expected shape (H, W) or (H, W, 3), got {img.shape}")
-    if not np.issubdtype(img.dtype, np.floating):
-        raise TypeError(f"image: expected linear float values in [0, 1], got dtype {img.dtype}")
-    img = np.ascontiguousarray(img, dtype=np.float32)
-    if not np.isfinite(img).all():
-        raise ValueError("image: NaN or infinite values")
-    s = check_scale(scale)
-    if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 1:
-        raise ValueError(f"n_frames: expected a positive integer, got {n_frames!r}")
-    n = int(n_frames)
-    ref = check_reference(reference, n)
-    if cfa is not None:
-        cfa = check_pattern(cfa)
-        if img.ndim != 3:
-            raise ValueError(f"cfa: a CFA burst ({cfa}) needs an RGB image (H, W, 3), got {img.shape}")
-    for nm, v in (("max_shift", max_shift), ("max_rotation", max_rotation), ("local_warp", local_warp),
-                  ("blur_sigma", blur_sigma), ("alpha", alpha), ("beta", beta)):
-        if not np.isfinite(v) or v < 0:
-            raise ValueError(f"{nm}: expected a finite number >= 0, got {v!r}")
+    img, s, n, ref, cfa = _check_scene(image, scale, n_frames, reference, cfa)
+    _check_non_negative(max_shift=max_shift, max_rotation=max_rotation, local_warp=local_warp,
+                        blur_sigma=blur_sigma, alpha=alpha, beta=beta)
     if jpeg_quality is not None:
         if cfa is not None:
             raise ValueError("jpeg_quality: JPEG applies to grey or RGB frames, not CFA mosaics")
@@ -748,14 +767,9 @@ def simulate_burst(
 
     # noise, in place, frame by frame
     for k in range(n):
-        f = frames[k]
-        if alpha > 0:
-            lam = np.maximum(f, 0.0).astype(np.float64) / alpha
-            f[...] = (alpha * rng.poisson(lam)).astype(np.float32)
-        if beta > 0:
-            f += np.float32(math.sqrt(beta)) * rng.standard_normal(f.shape, dtype=np.float32)
+        _add_noise(frames[k], rng, alpha, beta)
         if jpeg_quality is not None:
-            f[...] = _jpeg(f, jpeg_quality)
+            frames[k] = _jpeg(frames[k], jpeg_quality)
 
     # true flow on the reference grid
     flow = np.zeros((n, h, w, 2), np.float32)
@@ -964,25 +978,9 @@ def simulate_geometric_burst(
         included) the position in it of rectified reference pixel ``u``,
         minus ``u`` -- the flow a rectifying fusion uses.
     """
-    img = np.asarray(image)
-    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
-        raise ValueError(f"image: expected shape (H, W) or (H, W, 3), got {img.shape}")
-    if not np.issubdtype(img.dtype, np.floating):
-        raise TypeError(f"image: expected linear float values in [0, 1], got dtype {img.dtype}")
-    img = np.ascontiguousarray(img, dtype=np.float32)
-    s = check_scale(scale)
-    if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 1:
-        raise ValueError(f"n_frames: expected a positive integer, got {n_frames!r}")
-    n = int(n_frames)
-    ref = check_reference(reference, n)
-    if cfa is not None:
-        cfa = check_pattern(cfa)
-        if img.ndim != 3:
-            raise ValueError(f"cfa: a CFA burst ({cfa}) needs an RGB image (H, W, 3), got {img.shape}")
-    for nm, v in (("max_shift", max_shift), ("corner_shift", corner_shift), ("local_warp", local_warp),
-                  ("breathing", breathing), ("blur_sigma", blur_sigma), ("alpha", alpha), ("beta", beta)):
-        if not np.isfinite(v) or v < 0:
-            raise ValueError(f"{nm}: expected a finite number >= 0, got {v!r}")
+    img, s, n, ref, cfa = _check_scene(image, scale, n_frames, reference, cfa)
+    _check_non_negative(max_shift=max_shift, corner_shift=corner_shift, local_warp=local_warp,
+                        breathing=breathing, blur_sigma=blur_sigma, alpha=alpha, beta=beta)
     H_, W_ = img.shape[:2]
     h, w = lowres_shape((H_, W_), s)
     if h < 4 or w < 4:
@@ -1032,12 +1030,7 @@ def simulate_geometric_burst(
         for k in range(n):
             _render_channel(scene, c, frames[k], _WarpedMotion(motions[k]), s, cfa, False, q)
     for k in range(n):
-        f = frames[k]
-        if alpha > 0:
-            lam = np.maximum(f, 0.0).astype(np.float64) / alpha
-            f[...] = (alpha * rng.poisson(lam)).astype(np.float32)
-        if beta > 0:
-            f += np.float32(math.sqrt(beta)) * rng.standard_normal(f.shape, dtype=np.float32)
+        _add_noise(frames[k], rng, alpha, beta)
 
     yy, xx = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
     flow = np.zeros((n, h, w, 2), np.float32)
