@@ -173,6 +173,33 @@ def flow_epe(
     raise ValueError(f"reduce: expected 'median', 'mean' or None, got {reduce!r}")
 
 
+def corner_error(transforms: np.ndarray, true_transforms: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Distance between where two sets of 3x3 transforms send the image corners.
+
+    Parameters
+    ----------
+    transforms, true_transforms : ndarray, shape (3, 3) or (N, 3, 3)
+        Transforms on (x, y, 1) column vectors, pixel coordinates (as
+        :attr:`mfsr.FusionResult.transforms`).
+    shape : (int, int)
+        (h, w) of the image whose corner pixel centres are mapped.
+
+    Returns
+    -------
+    ndarray of float64, shape (4,) or (N, 4)
+        Euclidean distance in pixels, corners in the order top-left,
+        top-right, bottom-right, bottom-left.
+    """
+    a = np.asarray(transforms, np.float64)
+    b = np.asarray(true_transforms, np.float64)
+    if a.shape != b.shape or a.shape[-2:] != (3, 3):
+        raise ValueError(f"transforms: expected matching (3, 3) or (N, 3, 3) arrays, got {a.shape} and {b.shape}")
+    h, w = shape
+    corners = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], np.float64).T
+    pa, pb = a @ corners, b @ corners
+    return np.linalg.norm(pa[..., :2, :] / pa[..., 2:, :] - pb[..., :2, :] / pb[..., 2:, :], axis=-2)
+
+
 def degrade(
     image: np.ndarray,
     scale: float,

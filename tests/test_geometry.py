@@ -20,6 +20,7 @@ from mfsr.geometry import (
     warp,
     warp_image,
 )
+from mfsr.metrics import corner_error
 
 
 # --- independent NumPy reference of the Brown-Conrady model -----------------
@@ -259,13 +260,6 @@ def test_gradient_descent_recovers_k1():
 # --- robust fitting ------------------------------------------------------------
 
 
-def _corner_error(Ha, Hb, shape=SHAPE):
-    h, w = shape
-    c = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], float).T
-    pa, pb = Ha @ c, Hb @ c
-    return np.linalg.norm(pa[:2] / pa[2] - pb[:2] / pb[2], axis=0)
-
-
 def test_fit_transform_rejects_outliers_unlike_least_squares():
     rng = np.random.default_rng(5)
     H = np.array([[1.02, 0.01, 3.0], [-0.015, 0.99, -2.0], [2e-5, -1e-5, 1.0]])
@@ -275,14 +269,14 @@ def test_fit_transform_rejects_outliers_unlike_least_squares():
     bad = rng.random(len(src)) < 0.3  # a third of the tiles: a moving object, wrong matches
     dst[bad] += rng.uniform(-6, 6, (bad.sum(), 2))
     fit = fit_transform(src, dst, "homography", SHAPE)
-    assert np.median(_corner_error(fit.matrix, H)) < 0.05
+    assert np.median(corner_error(fit.matrix, H, SHAPE)) < 0.05
     assert fit.weights[bad].mean() < 0.1 and fit.weights[~bad].mean() > 0.8
     # a plain least-squares fit of the same matches is far off
     from mfsr.geometry._estimate import _linear_fit
 
     tm = np.diag([1.0, 1.0, 1.0])
     lsq = _linear_fit("homography", src, dst, np.ones(len(src)))
-    assert np.median(_corner_error(tm @ lsq, H)) > 0.3
+    assert np.median(corner_error(tm @ lsq, H, SHAPE)) > 0.3
 
 
 def test_fit_transform_uses_confidence_weights():
@@ -323,7 +317,7 @@ def test_estimate_transform_recovers_an_affine_difference():
     # the moving pass shows reference pixel p at H p: moving = scene o H^-1
     moving = warp(scene, np.linalg.inv(H), mode="bicubic")
     est = estimate_transform(scene, moving, "affine")
-    inner = _corner_error(est, H, (128, 128))
+    inner = corner_error(est, H, (128, 128))
     assert np.median(inner) < 0.05
     aligned = warp(moving, est, fill=np.nan)
     assert np.isnan(aligned).any() and np.nanmax(np.abs(aligned - scene)[10:-10, 10:-10]) < 0.05

@@ -6,19 +6,9 @@ import torch
 
 from mfsr import fuse
 from mfsr.geometry import BrownConrady
-from mfsr.metrics import flow_epe, psnr
+from mfsr.metrics import corner_error, flow_epe, psnr
 from mfsr.registration import align_frame, dense_flow, prepare_reference
 from mfsr.synth import sample_image, simulate_burst, simulate_geometric_burst
-
-
-def corner_error(Ha, Hb, shape):
-    h, w = shape
-    c = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], float).T
-    out = []
-    for a, b in zip(Ha, Hb):
-        pa, pb = a @ c, b @ c
-        out.append(np.linalg.norm(pa[:2] / pa[2] - pb[:2] / pb[2], axis=0))
-    return np.array(out)
 
 
 @pytest.fixture(scope="module")

@@ -145,3 +145,15 @@ def test_downscale_consistency():
     v1 = downscale_consistency(blurred, b.frames[0], 2, cfa="RGGB", crop=2)
     v2 = downscale_consistency(shifted, b.frames[0], 2, cfa="RGGB", crop=2)
     assert 15 < v1 < 60 and 10 < v2 < 60
+
+
+def test_corner_error_of_a_translation_and_a_scaling():
+    from mfsr.metrics import corner_error
+
+    shift = np.array([[1.0, 0, 1.0], [0, 1.0, 2.0], [0, 0, 1.0]])
+    np.testing.assert_allclose(corner_error(shift, np.eye(3), (10, 20)), np.full(4, np.sqrt(5.0)))
+    zoom = np.diag([2.0, 2.0, 1.0])  # corners of a 3x5 image move by their own coordinates
+    both = corner_error(np.stack([zoom, np.eye(3)]), np.stack([np.eye(3)] * 2), (3, 5))
+    np.testing.assert_allclose(both, [[0, 4, np.hypot(4, 2), 2], [0, 0, 0, 0]])
+    with pytest.raises(ValueError, match="transforms"):
+        corner_error(np.eye(3), np.eye(2), (3, 5))
