@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from .transfer import REC709_LUMA
+
 _TONES = ("none", "soft")
-# Rec. 709 / sRGB luminance weights.
-_LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
 
 
 def finish(
@@ -87,7 +87,7 @@ def finish(
     if tone == "soft":
         out = _soft_highlights(out, white=4.0)
     if sharpen > 0:
-        luma = out @ _LUMA
+        luma = out @ REC709_LUMA
         detail = luma - gaussian_filter(luma, sharpen_sigma, mode="nearest")
         out += (sharpen * detail)[..., None]
     return out
@@ -96,7 +96,7 @@ def finish(
 def _soft_highlights(rgb: np.ndarray, white: float) -> np.ndarray:
     # Extended Reinhard on luminance: L' = L (1 + L / w^2) / (1 + L), which maps
     # w to 1 and leaves the shadows nearly linear; scaling RGB by L'/L keeps hue.
-    luma = np.maximum(rgb @ _LUMA, 0.0)
+    luma = np.maximum(rgb @ REC709_LUMA, 0.0)
     mapped = luma * (1.0 + luma / (white * white)) / (1.0 + luma)
     gain = np.where(luma > 1e-8, mapped / np.maximum(luma, 1e-8), 1.0)
     return rgb * gain[..., None].astype(np.float32)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .transfer import linear_to_srgb
+from .transfer import REC709_LUMA, linear_to_srgb
 
 
 def _label(panel: np.ndarray, text: str) -> np.ndarray:
@@ -137,7 +137,7 @@ def difference_map(image: np.ndarray, baseline: np.ndarray, *, percentile: float
 
     def luma(x: np.ndarray) -> np.ndarray:
         x = np.clip(x, 0, None)
-        return linear_to_srgb(x @ np.array([0.2126, 0.7152, 0.0722], np.float32) if x.ndim == 3 else x)
+        return linear_to_srgb(x @ REC709_LUMA if x.ndim == 3 else x)
 
     diff = luma(image) - luma(baseline)
     limit = max(float(np.percentile(np.abs(diff), percentile)), 1e-6)

@@ -48,7 +48,7 @@ from scipy import ndimage
 
 from .cfa import cell_channels, check_pattern
 from .validation import check_reference, check_scale
-from .transfer import srgb_to_linear
+from .transfer import REC709_LUMA, srgb_to_linear
 
 __all__ = [
     "SAMPLE_IMAGES",
@@ -83,8 +83,6 @@ SAMPLE_IMAGES: tuple[str, ...] = (
     "text",
     "dead_leaves",
 )
-
-_REC709 = np.array([0.2126, 0.7152, 0.0722], np.float32)
 
 
 def sample_image(
@@ -139,7 +137,7 @@ def sample_image(
         img = img[..., :3]
     img = srgb_to_linear(img)
     if grey and img.ndim == 3:
-        img = (img @ _REC709).astype(np.float32)
+        img = (img @ REC709_LUMA).astype(np.float32)
     if size is not None:
         h, w = img.shape[:2]
         ch, cw = min(h, size), min(w, size)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+#: Relative luminance of linear sRGB / Rec. 709 primaries: ``Y = rgb @ REC709_LUMA``.
+REC709_LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
+
 
 def srgb_to_linear(encoded: np.ndarray) -> np.ndarray:
     """Decode sRGB values in [0, 1] to linear light, float32, same shape."""

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from ..fusion import fuse
 from ..metrics import psnr, ssim
 from ..synth import dead_leaves, sample_image, simulate_burst
+from ..transfer import REC709_LUMA
 from ._features import confidence_reference, global_features, pixel_features
 from ._network import RefineNet
 from ._weights import MODES, sha256_file
@@ -110,7 +111,7 @@ def _draw_scene(rng, pool, side: int, want_grey: bool) -> tuple[str, np.ndarray]
     crop = np.rot90(crop, int(rng.integers(4)))
     if want_grey:
         if crop.ndim == 3:
-            crop = crop @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+            crop = crop @ REC709_LUMA
     else:
         if crop.ndim == 2:
             tint = rng.uniform(0.4, 1.0, 3).astype(np.float32)
