@@ -28,6 +28,7 @@ import numpy as np
 from .atomic_file import atomic_output
 from .cfa import check_pattern
 from .image_io import quantize
+from .validation import check_orientation
 
 # Linear sRGB (D65) -> CIE XYZ, IEC 61966-2-1.
 _SRGB_TO_XYZ = np.array(
@@ -134,8 +135,7 @@ def write_dng(
         raise ValueError("image: contains NaN or infinite values")
     if not 0 < int(white_level) <= 65535:
         raise ValueError(f"white_level: expected 1 to 65535, got {white_level}")
-    if orientation not in range(1, 9):
-        raise ValueError(f"orientation: expected an EXIF orientation code 1 to 8, got {orientation!r}")
+    check_orientation(orientation)
     white = int(white_level)
     if cfa is not None:
         cfa = check_pattern(cfa)

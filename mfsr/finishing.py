@@ -14,6 +14,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from .transfer import REC709_LUMA
+from .validation import check_orientation
 
 _TONES = ("none", "soft")
 
@@ -118,8 +119,7 @@ def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
     ndarray
         A view or copy in display orientation; (W, H, ...) for codes 5 to 8.
     """
-    if orientation not in range(1, 9):
-        raise ValueError(f"orientation: expected an EXIF orientation code 1 to 8, got {orientation!r}")
+    check_orientation(orientation)
     out = image
     if orientation in (2, 4, 5, 7):  # mirrored variants: mirror first, then rotate
         out = out[:, ::-1]

@@ -19,6 +19,7 @@ import numpy as np
 
 from .atomic_file import atomic_output
 from .transfer import linear_to_srgb, srgb_to_linear
+from .validation import check_orientation
 
 READ_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 WRITE_SUFFIXES = (".png", ".tif", ".tiff")
@@ -327,8 +328,7 @@ def write_image(
         raise ValueError(f"dtype: expected uint8, uint16 or float32, got {dtype!r}")
     if dtype == "float32" and suffix == ".png":
         raise ValueError("dtype: PNG cannot store float32 samples; use a .tif output")
-    if orientation not in range(1, 9):
-        raise ValueError(f"orientation: expected an EXIF orientation code 1 to 8, got {orientation!r}")
+    check_orientation(orientation)
     if not path.parent.exists():
         raise FileNotFoundError(f"{path.parent}: output folder does not exist")
 

@@ -129,6 +129,13 @@ def check_reference(reference: int, n: int) -> int:
     return int(reference) % n
 
 
+def check_orientation(orientation: int) -> int:
+    """Return an EXIF/TIFF orientation code (1 to 8), or raise naming ``orientation``."""
+    if orientation not in range(1, 9):
+        raise ValueError(f"orientation: expected an EXIF orientation code 1 to 8, got {orientation!r}")
+    return int(orientation)
+
+
 def check_scale(scale: float) -> float:
     """Return ``scale`` as a float, or raise if it is not a finite positive number."""
     try:

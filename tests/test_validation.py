@@ -70,3 +70,12 @@ def test_reference_and_scale():
             check_scale(bad)
     with pytest.raises(TypeError, match="scale"):
         check_scale("two")
+
+
+def test_check_orientation():
+    from mfsr.validation import check_orientation
+
+    assert [check_orientation(k) for k in range(1, 9)] == list(range(1, 9))
+    for bad in (0, 9, 2.5, "6"):
+        with pytest.raises(ValueError, match="orientation"):
+            check_orientation(bad)
