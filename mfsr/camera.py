@@ -22,6 +22,7 @@ from .fusion import FusionResult, fuse
 from .image_io import write_image
 from .raw_io import RawBurst, load_burst
 from .sharpness import sharpest_frame
+from .validation import check_reference
 
 #: How many of the first frames compete for the reference with ``reference="auto"``.
 AUTO_REFERENCE_CANDIDATES = 3
@@ -100,11 +101,12 @@ def fuse_raw(
         reference = sharpest_frame(burst.frames, burst.cfa, candidates=AUTO_REFERENCE_CANDIDATES)
         rule = f"sharpest of the first {min(AUTO_REFERENCE_CANDIDATES, len(burst))}"
     else:
+        reference = check_reference(reference, len(burst))
         rule = "given"
     if noise is not None:
         source_name = "given"
     else:
-        noise = burst.noise_model(reference if reference >= 0 else len(burst) + reference)
+        noise = burst.noise_model(reference)
         source_name = "DNG NoiseProfile" if noise is not None else "estimated from the reference frame"
     result = fuse(
         burst.frames,

@@ -244,7 +244,7 @@ def _is_raw_input(args: argparse.Namespace) -> bool:
 
 
 def _fuse_raw(args: argparse.Namespace):
-    """Fuse a RAW burst; returns (result, frames, cfa, develop, write)."""
+    """Fuse a RAW burst; returns (result, frames, cfa, develop)."""
     from .camera import develop, fuse_raw, save_camera_image
 
     headerless = None
@@ -273,8 +273,6 @@ def _fuse_raw(args: argparse.Namespace):
     info = cam.reference_info
 
     def dev(image: np.ndarray, *, for_viewing: bool = False) -> np.ndarray:
-        if image.ndim == 2:  # single-frame baseline of a mosaic is RGB already; grey never happens
-            image = np.repeat(image[..., None], 3, axis=2)
         return develop(
             image, info, linear=linear and not for_viewing,
             exposure=args.exposure, tone=args.tone, sharpen=args.sharpen,
@@ -326,7 +324,6 @@ _GEO_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
 
 def _geo_inputs(args: argparse.Namespace) -> list[Path] | None:
     """The passes, when every input is a georeferenced raster; else None."""
-    from .geo import is_georaster
     from .image_io import expand_inputs
 
     try:
@@ -335,6 +332,8 @@ def _geo_inputs(args: argparse.Namespace) -> list[Path] | None:
         return None
     if not paths or any(p.suffix.lower() not in _GEO_SUFFIXES for p in paths):
         return None
+    from .geo import is_georaster  # rasterio and dask load only for raster-like inputs
+
     return paths if is_georaster(paths[0]) else None
 
 

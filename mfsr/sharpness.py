@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from .kernels.structure_tensor import grey_image
 from .validation import as_burst
 
 
@@ -32,12 +33,9 @@ def sharpness(frame: np.ndarray, cfa: str | None = None) -> float:
         light Gaussian smoothing (sigma 1 px) that keeps pixel noise from
         dominating; dimensionless, comparable between frames of one burst.
     """
-    g = np.asarray(frame, np.float32)
-    if cfa is not None:
-        h, w = (g.shape[0] // 2) * 2, (g.shape[1] // 2) * 2
-        g = g[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
-    elif g.ndim == 3:
-        g = g.mean(axis=2)
+    f = np.ascontiguousarray(frame, np.float32)
+    # the fusion's own grey: 2x2-binned mosaic, or the channel mean
+    g = grey_image(f if f.ndim == 3 else f[..., None], 2 if cfa is not None else 1)
     g = gaussian_filter(g, 1.0, mode="nearest")
     gy, gx = np.gradient(g)
     energy = float(np.mean(gy * gy + gx * gx))
