@@ -204,11 +204,16 @@ def _no_output(tmp_path):
     return [p.name for p in tmp_path.iterdir() if p.name.startswith((".", "out"))] == []
 
 
+def _zeros_raster(path, *, count=1, dtype="float32", crs=CRS, transform=T):
+    """A 100 x 100 all-zero GeoTIFF pass (``crs=None`` leaves the CRS out)."""
+    with rasterio.open(path, "w", driver="GTiff", width=100, height=100, count=count, dtype=dtype,
+                       crs=crs, transform=transform) as dst:
+        dst.write(np.zeros((count, 100, 100), dtype))
+
+
 def test_bad_mismatched_bands(good, tmp_path):
     p = tmp_path / "two.tif"
-    with rasterio.open(p, "w", driver="GTiff", width=100, height=100, count=2, dtype="float32",
-                       crs=CRS, transform=T) as dst:
-        dst.write(np.zeros((2, 100, 100), np.float32))
+    _zeros_raster(p, count=2)
     with pytest.raises(ValueError, match="two.tif has 2 band"):
         fuse_rasters(good + [p], tmp_path / "out.tif")
     assert _no_output(tmp_path)
@@ -216,9 +221,7 @@ def test_bad_mismatched_bands(good, tmp_path):
 
 def test_bad_no_overlap(good, tmp_path):
     p = tmp_path / "far.tif"
-    with rasterio.open(p, "w", driver="GTiff", width=100, height=100, count=1, dtype="float32",
-                       crs=CRS, transform=T @ Affine.translation(5000, 0)) as dst:
-        dst.write(np.zeros((1, 100, 100), np.float32))
+    _zeros_raster(p, transform=T @ Affine.translation(5000, 0))
     with pytest.raises(ValueError, match="far.tif does not overlap"):
         fuse_rasters(good + [p], tmp_path / "out.tif")
     assert _no_output(tmp_path)
@@ -226,9 +229,7 @@ def test_bad_no_overlap(good, tmp_path):
 
 def test_bad_missing_crs(good, tmp_path):
     p = tmp_path / "nocrs.tif"
-    with rasterio.open(p, "w", driver="GTiff", width=100, height=100, count=1, dtype="float32",
-                       transform=T) as dst:
-        dst.write(np.zeros((1, 100, 100), np.float32))
+    _zeros_raster(p, crs=None)
     with pytest.raises(ValueError, match="nocrs.tif has no CRS"):
         fuse_rasters(good + [p], tmp_path / "out.tif")
     with pytest.raises(ValueError, match="nocrs.tif has no CRS"):
@@ -238,9 +239,7 @@ def test_bad_missing_crs(good, tmp_path):
 
 def test_bad_dtype(good, tmp_path):
     p = tmp_path / "u16.tif"
-    with rasterio.open(p, "w", driver="GTiff", width=100, height=100, count=1, dtype="uint16",
-                       crs=CRS, transform=T) as dst:
-        dst.write(np.zeros((1, 100, 100), np.uint16))
+    _zeros_raster(p, dtype="uint16")
     with pytest.raises(ValueError, match="u16.tif has data type uint16"):
         fuse_rasters(good + [p], tmp_path / "out.tif")
     assert _no_output(tmp_path)
