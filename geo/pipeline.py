@@ -406,8 +406,8 @@ def fuse_rasters(
     four) and up to ``2 * workers`` finished cores waiting to be written.
     Measured peak resident memory of the whole process (libraries
     included) for 8 passes at scale 2 with ``tile=1024``: 652 MiB with one
-    worker, 844 MiB with two (``benchmarks/bench_geo.py``, 2000 x 2000 px;
-    see ``benchmarks/out/geo.md`` for 8000 x 8000).
+    worker, 844 MiB with two at 2000 x 2000 px, and 845 MiB (two workers,
+    241 s on 2 cores) at 8000 x 8000 px (``benchmarks/bench_geo.py``).
 
     The model per pass is a global translation (plus the geotransform):
     right for orthorectified products; terrain- or attitude-induced local
