@@ -165,6 +165,22 @@ def _build_parser() -> argparse.ArgumentParser:
     geo.add_argument("--cog", action="store_true", help="write a Cloud-Optimized GeoTIFF")
     geo.add_argument("--save-count", metavar="PATH", help="also write the number of valid passes per pixel")
     geo.add_argument("--overwrite", action="store_true", help="replace an existing output GeoTIFF")
+    learned = f.add_argument_group("learned refinement (camera bursts and image files)")
+    ref = learned.add_mutually_exclusive_group()
+    ref.add_argument(
+        "--refine",
+        dest="refine",
+        action="store_true",
+        default=None,
+        help="apply the shipped refinement network after the fusion (default: mfsr.fuse's default)",
+    )
+    ref.add_argument("--no-refine", dest="refine", action="store_false", help="keep the plain kernel fusion")
+    learned.add_argument(
+        "--save-refinement",
+        metavar="PATH",
+        help="also write what the network changed: a .png difference map (red brighter, blue darker) "
+        "or a float32 .tif / .npy of refined minus fused (implies --refine)",
+    )
     extra = f.add_argument_group("extra outputs")
     extra.add_argument("--save-confidence", metavar="PATH", help="also write the confidence map")
     extra.add_argument(
@@ -269,6 +285,7 @@ def _fuse_raw(args: argparse.Namespace):
         noise=None if args.noise is None else tuple(args.noise),
         headerless=headerless,
         progress=not args.quiet,
+        **_refine_option(args),
     )
     info = cam.reference_info
 
@@ -287,6 +304,15 @@ def _fuse_raw(args: argparse.Namespace):
             f"beta {beta:.3g} ({cam.noise_source}); output {'linear camera RGB' if linear else 'finished sRGB'}"
         )
     return cam.fusion, cam.burst.frames, cam.burst.cfa, dev
+
+
+def _refine_option(args: argparse.Namespace) -> dict:
+    """``refine=`` for :func:`mfsr.fuse`: only when the command line chose (else fuse's default)."""
+    if args.save_refinement is not None:
+        if args.refine is False:
+            raise ValueError("--save-refinement: needs the refinement; drop --no-refine")
+        return {"refine": True}
+    return {} if args.refine is None else {"refine": args.refine}
 
 
 def _fuse_images(args: argparse.Namespace):
@@ -313,6 +339,7 @@ def _fuse_images(args: argparse.Namespace):
         reference=reference,
         noise=None if args.noise is None else tuple(args.noise),
         progress=not args.quiet,
+        **_refine_option(args),
     )
     transfer = args.output_transfer or infos[0].transfer
     write_image(args.output, result.image, transfer=transfer, dtype=args.dtype)
@@ -341,7 +368,8 @@ def _fuse_geo(args: argparse.Namespace, passes: list[Path]) -> int:
     from .geo import fuse_rasters
 
     for flag, value in (("--cfa", args.cfa), ("--report", args.report), ("--save-flow", args.save_flow),
-                        ("--linear/--finish", args.linear), ("--raw-size", args.raw_size)):
+                        ("--linear/--finish", args.linear), ("--raw-size", args.raw_size),
+                        ("--refine", args.refine or None), ("--save-refinement", args.save_refinement)):
         if value is not None:
             raise ValueError(f"{flag}: not available for georeferenced passes")
     if args.reference == "auto":
@@ -384,6 +412,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     for flag, value in (("--mask", args.mask), ("--save-count", args.save_count)):
         if value is not None:
             raise ValueError(f"{flag}: only for georeferenced passes (the inputs have no georeference)")
+    _check_extra_outputs(args)
     t0 = time.perf_counter()
     if _is_raw_input(args):
         result, frames, cfa, dev = _fuse_raw(args)
@@ -401,6 +430,8 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
             write_image(conf_path, conf, dtype="uint16")
     if args.save_flow:
         _save_flow(Path(args.save_flow), result.flow)
+    if args.save_refinement:
+        _save_refinement(Path(args.save_refinement), result)
     if args.report:
         _save_report(Path(args.report), result, frames, cfa, dev)
     if not args.quiet:
@@ -413,19 +444,53 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save_flow(path: Path, flow: np.ndarray) -> None:
+#: Accepted suffixes of the extra outputs, checked before the (long) fusion runs.
+_EXTRA_SUFFIXES = {
+    "save_flow": ("--save-flow", (".png", ".npy")),
+    "save_refinement": ("--save-refinement", (".png", ".tif", ".tiff", ".npy")),
+    "report": ("--report", (".png",)),
+}
+
+
+def _check_extra_outputs(args: argparse.Namespace) -> None:
+    for attr, (flag, suffixes) in _EXTRA_SUFFIXES.items():
+        value = getattr(args, attr)
+        if value is not None and Path(value).suffix.lower() not in suffixes:
+            raise ValueError(f"{flag}: expected a {', '.join(suffixes)} path, got {value}")
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
     from .atomic_file import atomic_output
+
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+
+def _save_flow(path: Path, flow: np.ndarray) -> None:
+    """``path`` suffix checked by :func:`_check_extra_outputs`."""
     from .image_io import write_image
     from .report import flow_overview
 
     if path.suffix.lower() == ".npy":
-        with atomic_output(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, flow)
-    elif path.suffix.lower() == ".png":
-        write_image(path, flow_overview(flow) / 255.0, dtype="uint8")
+        _save_npy(path, flow)
     else:
-        raise ValueError(f"--save-flow: expected a .png or .npy path, got {path}")
+        write_image(path, flow_overview(flow) / 255.0, dtype="uint8")
+
+
+def _save_refinement(path: Path, result) -> None:
+    """What the network changed (``result.refinement``); suffix checked by :func:`_check_extra_outputs`."""
+    from .image_io import write_image
+    from .report import difference_map
+
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        _save_npy(path, result.refinement)
+    elif suffix == ".png":
+        picture, _ = difference_map(result.image, result.image - result.refinement)
+        write_image(path, picture / 255.0, dtype="uint8")
+    else:
+        write_image(path, result.refinement, dtype="float32")
 
 
 def _save_report(path: Path, result, frames: np.ndarray, cfa: str | None, dev) -> None:
@@ -433,8 +498,6 @@ def _save_report(path: Path, result, frames: np.ndarray, cfa: str | None, dev) -
     from .image_io import write_image
     from .report import comparison_picture, detail_crop, difference_map
 
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"--report: expected a .png path, got {path}")
     single = dev(single_frame_upscale(frames[result.reference], result.scale, cfa=cfa), for_viewing=True)
     fused = dev(result.image, for_viewing=True)
     diff, limit = difference_map(fused, single)

@@ -85,3 +85,42 @@ def test_fuse_cli_png_srgb_round_trip(tmp_path):
                  "--scale", "1", "-q"]) == 0
     fused, info = read_image(out)
     assert info.transfer == "srgb" and info.dtype == "uint8" and fused.shape == (32, 32)
+
+
+def test_fuse_cli_refinement_outputs(burst_dir, tmp_path, capsys):
+    files = sorted(str(p) for p in burst_dir.glob("frame-*.tif"))
+    plain = tmp_path / "plain.tif"
+    refined = tmp_path / "refined.tif"
+    diff_tif, diff_png = tmp_path / "change.tif", tmp_path / "change.png"
+    base = ["fuse", *files, "--scale", "2", "--cfa", "RGGB", "--output-transfer", "linear",
+            "--dtype", "float32", "--quiet"]
+    assert main([*base, "-o", str(plain), "--no-refine"]) == 0
+    assert main([*base, "-o", str(refined), "--save-refinement", str(diff_tif)]) == 0
+    assert main([*base, "-o", str(tmp_path / "r2.tif"), "--save-refinement", str(diff_png)]) == 0
+    a, _ = read_image(plain)
+    b, _ = read_image(refined)
+    change, _ = read_image(diff_tif)
+    # the saved map is exactly what the network added to the plain fusion
+    assert change.shape == b.shape == (96, 96, 3)
+    np.testing.assert_allclose(b - change, a, atol=1e-5)
+    assert np.abs(change).max() > 1e-3 and change.min() < 0 < change.max()
+    picture, _ = read_image(diff_png)
+    assert picture.shape == (96, 96, 3)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--save-refinement", "{tmp}/c.jpg"], "--save-refinement: expected a .png, .tif, .tiff, .npy path"),
+        (["--save-refinement", "{tmp}/c.png", "--no-refine"], "--save-refinement: needs the refinement"),
+        (["--report", "{tmp}/r.tif"], "--report: expected a .png path"),
+        (["--save-flow", "{tmp}/f.tif"], "--save-flow: expected a .png, .npy path"),
+    ],
+)
+def test_fuse_cli_extra_output_errors_come_before_the_fusion(burst_dir, tmp_path, capsys, extra, message):
+    files = sorted(str(p) for p in burst_dir.glob("frame-*.tif"))
+    out = tmp_path / "x.tif"
+    argv = ["fuse", *files, "-o", str(out), "--cfa", "RGGB", *[e.format(tmp=tmp_path) for e in extra]]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
