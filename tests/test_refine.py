@@ -12,7 +12,7 @@ import torch
 from mfsr.refine import MODES, RefineNet, RefinerWeightsError, load_refiner, refine_image
 from mfsr.refine._features import confidence_reference, pixel_features
 from mfsr.refine._weights import MANIFEST, WEIGHTS_DIR, sha256_file
-from mfsr.refine.heldout import EXCLUDED_IMAGES, HELDOUT_IMAGES, TRAIN_IMAGES
+from mfsr.refine.heldout import EXCLUDED_IMAGES, HELDOUT_IMAGES, TRAIN_EXTRA_PHOTOS, TRAIN_IMAGES
 from mfsr.synth import SAMPLE_IMAGES
 
 NOISE = (1e-3, 1e-5)
@@ -251,3 +251,26 @@ def test_calibrated_strength_is_interpolated_in_log_scale(tmp_path):
     assert refiner_strength("cfa", 8.0, path) == pytest.approx(1.0)
     assert refiner_strength("cfa", 0.5, path) == pytest.approx(0.2)
     assert refiner_strength("grey", 2.0, path) == 1.0
+
+
+def test_training_tint_varies_smoothly_in_space():
+    from mfsr.refine.train import _smooth_tint
+
+    tint = _smooth_tint(np.random.default_rng(0), 150, 150)
+    assert tint.shape == (150, 150, 3) and tint.dtype == np.float32
+    assert tint.min() >= 0.4 and tint.max() <= 1.0
+    # chroma is not one global colour (that would tie chroma to luminance) ...
+    assert np.ptp(tint[..., 0] / tint[..., 1]) > 0.05
+    # ... and changes slowly: neighbouring pixels differ by far less than the range
+    assert np.abs(np.diff(tint, axis=1)).max() < 0.02
+
+
+@pytest.mark.parametrize("name, package, relpath, factor", TRAIN_EXTRA_PHOTOS)
+def test_extra_training_photos_load(name, package, relpath, factor):
+    from mfsr.refine.train import _extra_photo
+
+    pytest.importorskip(package, reason=f"the {name!r} training photo ships with {package} (pip install 'mfsr[train]')")
+    img = _extra_photo(package, relpath, factor)
+    assert img.dtype == np.float32 and 0.0 <= img.min() and img.max() <= 1.0
+    assert min(img.shape[:2]) >= 200  # room for the largest training crop (161 px)
+    assert name not in HELDOUT_IMAGES

@@ -29,7 +29,6 @@ import numpy as np
 
 from ..metrics import psnr
 from ._weights import MANIFEST, MODES
-from .heldout import TRAIN_IMAGES
 from .train import _draw_burst, _source_pool, make_example
 
 SCALES = (1.0, 1.5, 2.0, 3.0, 4.0)
@@ -45,10 +44,9 @@ def calibrate(folder: Path, *, bursts: int = 6, seed: int = 20_000, log=print) -
     manifest = json.loads(manifest_path.read_text())
     weights = folder / manifest["modes"]["cfa"]
     rng = np.random.default_rng(seed)
-    # photographs only; listed twice because the scene draw picks "photo" or
-    # "texture" halves of the pool
-    photos = _source_pool()[: len(TRAIN_IMAGES)]
-    pool = photos + photos
+    # photographs only: they stand in for the textures too
+    photos, _ = _source_pool()
+    pool = (photos, [(name, img) for name, img, _ in photos])
     table: dict[str, dict[str, float]] = {}
     report: dict[str, dict[str, list[float]]] = {}
     t0 = time.time()

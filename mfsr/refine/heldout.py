@@ -8,7 +8,7 @@ fusion on, so the refinement's gain is measured on scenes it never saw.
 
 from __future__ import annotations
 
-__all__ = ["HELDOUT_IMAGES", "EXCLUDED_IMAGES", "TRAIN_IMAGES", "TRAIN_DEAD_LEAVES_SEEDS"]
+__all__ = ["HELDOUT_IMAGES", "EXCLUDED_IMAGES", "TRAIN_IMAGES", "TRAIN_EXTRA_PHOTOS", "TRAIN_DEAD_LEAVES_SEEDS"]
 
 #: Evaluation only (benchmarks/bench_refine.py); never seen in training.
 HELDOUT_IMAGES: tuple[str, ...] = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left")
@@ -30,6 +30,19 @@ TRAIN_IMAGES: tuple[str, ...] = (
     "coins",
     "page",
     "text",
+)
+
+#: Training photographs bundled with other packages (``pip install mfsr[train]``):
+#: ``(name, package, file inside the package, area downsampling factor)``.
+#: scikit-image's only natural colour photographs are held out, so without
+#: these the network would learn colour from microscopy, a Hubble field and
+#: tinted grey photos; china and flower are JPEGs, downsampled by 2 so their
+#: compression artefacts do not become "ground truth" detail.
+TRAIN_EXTRA_PHOTOS: tuple[tuple[str, str, str, int], ...] = (
+    ("china", "sklearn", "datasets/images/china.jpg", 2),
+    ("flower", "sklearn", "datasets/images/flower.jpg", 2),
+    ("aero", "pywt", "data/aero.npz", 1),
+    ("ascent", "pywt", "data/ascent.npz", 1),
 )
 
 #: Seeds of the dead-leaves training textures (held-out evaluation uses none).

@@ -13,13 +13,13 @@ Two phases:
    1 HR px, Poisson-Gaussian noise from none to strong) from random crops of
    the training photographs (:data:`mfsr.refine.heldout.TRAIN_IMAGES`, random
    flips, colour gains and exposure; grey photos colourised with a random
-   tint) and dead-leaves textures, and fused with :func:`mfsr.fuse` exactly
+   smooth random colour field) and dead-leaves textures, and fused with :func:`mfsr.fuse` exactly
    as a user calls it (its own registration, estimated noise model, default
    :class:`mfsr.fusion.FusionParams`, so including its final unsharp mask).
    Each burst's fused image, confidence and ground truth are kept in memory as
    network input planes (:mod:`mfsr.refine._features`).
 2. **Training** for ``--minutes``: Adam, cosine learning-rate decay over the
-   time budget, relative L1 loss in linear light (see :func:`loss_fn`) on random 64x64 crops with random
+   time budget, log MSE-ratio loss with a harm penalty (see :func:`loss_fn`) on random 64x64 crops with random
    flips / 90-degree rotations (the fused image is RGB already, so this is
    exact for CFA bursts too; all four Bayer phases are in the data), batches
    of 16. A fixed validation set (other seeds, training images) is refined
@@ -56,11 +56,11 @@ import torch.nn.functional as F
 from ..fusion import fuse
 from ..metrics import psnr, ssim
 from ..synth import dead_leaves, sample_image, simulate_burst
-from ..transfer import REC709_LUMA
+from ..transfer import REC709_LUMA, srgb_to_linear
 from ._features import confidence_reference, global_features, pixel_features
 from ._network import RefineNet
 from ._weights import MODES, sha256_file
-from .heldout import HELDOUT_IMAGES, TRAIN_DEAD_LEAVES_SEEDS, TRAIN_IMAGES
+from .heldout import HELDOUT_IMAGES, TRAIN_DEAD_LEAVES_SEEDS, TRAIN_EXTRA_PHOTOS, TRAIN_IMAGES
 
 PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
 #: Output (ground-truth) side of a training burst, HR px, before rounding.
@@ -81,22 +81,68 @@ class Example:
     info: dict
 
 
-def _source_pool() -> list[tuple[str, np.ndarray]]:
-    """Training scenes, linear light: the photographs and dead-leaves textures."""
-    pool = [(name, sample_image(name)) for name in TRAIN_IMAGES]
-    for s in TRAIN_DEAD_LEAVES_SEEDS:
-        pool.append((f"dead_leaves:{s}", dead_leaves(384, seed=s, grey=(s % 4 == 3))))
-    return pool
+def _extra_photo(package: str, relpath: str, factor: int) -> np.ndarray:
+    """One :data:`TRAIN_EXTRA_PHOTOS` file as linear-light float32, area-downsampled."""
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"training needs the photographs bundled with {package!r}: pip install 'mfsr[train]'"
+        )
+    path = Path(spec.submodule_search_locations[0]) / relpath
+    if path.suffix == ".npz":
+        with np.load(path) as z:
+            raw = z[z.files[0]]
+    else:
+        with Image.open(path) as im:
+            raw = np.asarray(im.convert("RGB"))
+    img = srgb_to_linear(raw.astype(np.float32) / 255.0)
+    if factor > 1:
+        h, w = (img.shape[0] // factor) * factor, (img.shape[1] // factor) * factor
+        img = img[:h, :w].reshape(h // factor, factor, w // factor, factor, *img.shape[2:]).mean(axis=(1, 3))
+    return np.ascontiguousarray(img, np.float32)
+
+
+def _source_pool() -> tuple[list[tuple[str, np.ndarray, float]], list[tuple[str, np.ndarray]]]:
+    """Training scenes, linear light: ``(photos, textures)``.
+
+    Photos carry a draw weight: the natural colour photographs count three
+    times, since they are the few that teach natural colour statistics.
+    """
+    photos = [(name, sample_image(name), 1.0) for name in TRAIN_IMAGES]
+    for name, package, relpath, factor in TRAIN_EXTRA_PHOTOS:
+        img = _extra_photo(package, relpath, factor)
+        photos.append((name, img, 3.0 if img.ndim == 3 else 1.0))
+    textures = [(f"dead_leaves:{s}", dead_leaves(384, seed=s, grey=(s % 4 == 3))) for s in TRAIN_DEAD_LEAVES_SEEDS]
+    return photos, textures
+
+
+def _smooth_tint(rng, h: int, w: int) -> np.ndarray:
+    """A slowly varying random colour field, shape (h, w, 3), values in [0.4, 1].
+
+    Grey photographs are colourised with it: one global tint would make
+    chroma an exact copy of luminance, which teaches the network a colour
+    prior that real scenes (and held-out photographs) break.
+    """
+    from scipy.ndimage import zoom
+
+    coarse = rng.uniform(0.4, 1.0, (3, 3, 3)).astype(np.float32)
+    field = zoom(coarse, (h / 3, w / 3, 1), order=1, mode="nearest", grid_mode=True)
+    return np.clip(field[:h, :w], 0.4, 1.0)
 
 
 def _draw_scene(rng, pool, side: int, want_grey: bool) -> tuple[str, np.ndarray]:
     """A random crop of a random training scene, with random flips and colour."""
+    photos, textures = pool
     # photos twice as often as textures (natural statistics first)
-    n_photo = len(TRAIN_IMAGES)
     if rng.random() < 0.67:
-        name, img = pool[int(rng.integers(n_photo))]
+        w = np.array([p[2] for p in photos])
+        name, img, _ = photos[int(rng.choice(len(photos), p=w / w.sum()))]
     else:
-        name, img = pool[int(rng.integers(n_photo, len(pool)))]
+        name, img = textures[int(rng.integers(len(textures)))]
     h, w = img.shape[:2]
     if h < side or w < side:
         reps = (math.ceil(side / h), math.ceil(side / w)) + ((1,) if img.ndim == 3 else ())
@@ -114,8 +160,7 @@ def _draw_scene(rng, pool, side: int, want_grey: bool) -> tuple[str, np.ndarray]
             crop = crop @ REC709_LUMA
     else:
         if crop.ndim == 2:
-            tint = rng.uniform(0.4, 1.0, 3).astype(np.float32)
-            crop = crop[..., None] * tint
+            crop = crop[..., None] * _smooth_tint(rng, side, side)
         else:
             crop = crop * rng.uniform(0.7, 1.3, 3).astype(np.float32)
     peak = max(float(crop.max()), 1e-3)
@@ -218,28 +263,35 @@ def _batch(rng, cache: list[Example], batch: int, patch: int):
     )
 
 
-#: Floor of the per-example fused error in the relative loss (linear light).
-REL_EPS = 2e-3
+#: Floor of the per-example mean squared error (linear light): 60 dB, so
+#: flat, already perfect patches cannot dominate the log ratio.
+MSE_FLOOR = 1e-6
+#: Extra weight on examples the network makes worse (the do-no-harm term).
+HARM_WEIGHT = 1.0
 
 
 def loss_fn(net: RefineNet, planes, gl, truth, grey) -> torch.Tensor:
-    """Relative L1: each example's L1 divided by the fused image's own L1 on it.
+    """Mean log MSE ratio (refined over fused), plus a penalty on harm.
 
-    Grey examples are scored on the channel mean (as inferred). A plain L1 is
-    dominated by the hardest examples (strong noise, scale 4), and a first
-    run trained with it sharpened and lost up to 4 dB on clean scale-1 bursts
-    whose tiny errors it ignored; dividing by the fused error weights every
-    example by the *relative* improvement, which is what PSNR gains measure.
-    ``REL_EPS`` keeps flat, already perfect patches from dominating.
+    ``log(mse_refined / mse_fused)`` is, up to the factor ``-10 / ln 10``,
+    the example's PSNR gain, so the mean of it is the quantity the
+    acceptance measures (the mean dB gain), with every example weighted by
+    its *relative* improvement: a plain L1 or L2 is dominated by the hardest
+    examples (strong noise, scale 4), and a first run trained with L1
+    sharpened clean scale-1 bursts and lost up to 4 dB on them. Examples the
+    network makes worse count ``1 + HARM_WEIGHT`` times (fidelity first: the
+    refinement must not lose on any image). Grey examples are scored on the
+    channel mean, as inferred.
     """
     out = planes[:, :3] + net(planes, gl)
     g = grey[:, None, None, None]
     out = torch.where(g, out.mean(dim=1, keepdim=True).expand_as(out), out)
     fused = planes[:, :3]
     fused = torch.where(g, fused.mean(dim=1, keepdim=True).expand_as(fused), fused)
-    base = (fused - truth).abs().mean(dim=(1, 2, 3)) + REL_EPS
-    err = (out - truth).abs().mean(dim=(1, 2, 3))
-    return (err / base).mean()
+    mse_f = (fused - truth).square().mean(dim=(1, 2, 3)) + MSE_FLOOR
+    mse_r = (out - truth).square().mean(dim=(1, 2, 3)) + MSE_FLOOR
+    log_ratio = torch.log(mse_r / mse_f)
+    return (log_ratio + HARM_WEIGHT * F.relu(log_ratio)).mean()
 
 
 def evaluate(net: RefineNet, examples: list[Example]) -> dict:
@@ -267,56 +319,59 @@ def evaluate(net: RefineNet, examples: list[Example]) -> dict:
     )
 
 
+#: Loss (natural-log MSE ratio) to decibels of PSNR gain.
+LOSS_TO_DB = -10.0 / math.log(10.0)
+
+
 def plot_curves(rows: list[dict], path: Path) -> None:
-    """Training and validation L1 against step, drawn with Pillow (no matplotlib here)."""
+    """Training objective and validation PSNR gain (dB) against step, drawn with Pillow."""
     from PIL import Image, ImageDraw
 
     W, H, m = 800, 480, 60
     img = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(img)
+
+    def column(key):
+        pts = [(r["step"], r[key]) for r in rows if r.get(key) not in (None, "")]
+        return [x for x, _ in pts], [float(y) for _, y in pts]
+
+    val_x, val_r = column("val_psnr_refined")
+    _, val_f = column("val_psnr_fused")
     series = {
-        "train L1": ([r["step"] for r in rows], [r["train_l1"] for r in rows], (31, 119, 180)),
-        "val L1 refined": (
-            [r["step"] for r in rows if r.get("val_l1_refined") not in (None, "")],
-            [r["val_l1_refined"] for r in rows if r.get("val_l1_refined") not in (None, "")],
-            (214, 39, 40),
-        ),
-        "val L1 fused": (
-            [r["step"] for r in rows if r.get("val_l1_fused") not in (None, "")],
-            [r["val_l1_fused"] for r in rows if r.get("val_l1_fused") not in (None, "")],
-            (127, 127, 127),
-        ),
+        "train objective (dB gain)": (*column("train_gain_db"), (31, 119, 180)),
+        "validation PSNR gain (dB)": (val_x, [r - f for r, f in zip(val_r, val_f)], (214, 39, 40)),
     }
     xs = [x for s in series.values() for x in s[0]]
-    ys = [y for s in series.values() for y in s[1] if y > 0]
-    if not xs or not ys:
+    ys = [y for s in series.values() for y in s[1] if math.isfinite(y)] + [0.0]
+    if not xs:
         img.save(path)
         return
     x_max = max(max(xs), 1)
-    y_lo, y_hi = math.log10(min(ys)), math.log10(max(ys))
+    y_lo, y_hi = min(ys), max(ys)
     if y_hi - y_lo < 1e-6:
         y_lo, y_hi = y_lo - 0.1, y_hi + 0.1
 
     def px(x, y):
-        return (m + (W - 2 * m) * x / x_max, H - m - (H - 2 * m) * (math.log10(y) - y_lo) / (y_hi - y_lo))
+        return (m + (W - 2 * m) * x / x_max, H - m - (H - 2 * m) * (y - y_lo) / (y_hi - y_lo))
 
     d.rectangle([m, m, W - m, H - m], outline="black")
+    d.line([px(0, 0.0), px(x_max, 0.0)], fill=(180, 180, 180))
     for k in range(5):
-        yv = 10 ** (y_lo + (y_hi - y_lo) * k / 4)
+        yv = y_lo + (y_hi - y_lo) * k / 4
         _, yy = px(0, yv)
-        d.text((4, yy - 6), f"{yv:.4f}", fill="black")
+        d.text((4, yy - 6), f"{yv:+.2f}", fill="black")
         xv = x_max * k / 4
-        xx, _ = px(xv, 10**y_lo)
+        xx, _ = px(xv, y_lo)
         d.text((xx - 10, H - m + 6), f"{int(xv)}", fill="black")
     d.text((W // 2 - 20, H - 24), "step", fill="black")
-    d.text((m, 20), "L1 (log scale), linear light", fill="black")
+    d.text((m, 20), "dB (higher is better); refined against fused", fill="black")
     for i, (label, (sx, sy, col)) in enumerate(series.items()):
-        pts = [px(x, y) for x, y in zip(sx, sy) if y > 0]
+        pts = [px(x, y) for x, y in zip(sx, sy) if math.isfinite(y)]
         if len(pts) > 1:
             d.line(pts, fill=col, width=2)
         elif pts:
             d.ellipse([pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2], fill=col)
-        d.text((W - m - 150, m + 10 + 16 * i), label, fill=col)
+        d.text((W - m - 210, m + 10 + 16 * i), label, fill=col)
     img.save(path)
 
 
@@ -354,7 +409,7 @@ def train(
     last_eval = t0
     step, acc, acc_n = 0, 0.0, 0
     csv_path = out / "training.csv"
-    fields = ["step", "elapsed_s", "lr", "train_l1", "val_l1_fused", "val_l1_refined",
+    fields = ["step", "elapsed_s", "lr", "train_gain_db", "val_l1_fused", "val_l1_refined",
               "val_psnr_fused", "val_psnr_refined"]
     with open(csv_path, "w", newline="") as fcsv:
         writer = csv.DictWriter(fcsv, fieldnames=fields)
@@ -377,7 +432,7 @@ def train(
             acc += loss.item()
             acc_n += 1
             if step % 100 == 0:
-                row = dict(step=step, elapsed_s=round(time.time() - t0, 1), lr=cur_lr, train_l1=acc / acc_n)
+                row = dict(step=step, elapsed_s=round(time.time() - t0, 1), lr=cur_lr, train_gain_db=LOSS_TO_DB * acc / acc_n)
                 acc, acc_n = 0.0, 0
                 if time.time() - last_eval > eval_every_s:
                     row.update(evaluate(net, val))
@@ -390,7 +445,7 @@ def train(
                 fcsv.flush()
         final = evaluate(net, val)
         row = dict(step=step, elapsed_s=round(time.time() - t0, 1), lr=cur_lr if step else lr,
-                   train_l1=acc / acc_n if acc_n else (rows[-1]["train_l1"] if rows else float("nan")))
+                   train_gain_db=LOSS_TO_DB * acc / acc_n if acc_n else (rows[-1]["train_gain_db"] if rows else float("nan")))
         row.update(final)
         rows.append(row)
         writer.writerow(row)
@@ -418,7 +473,7 @@ def train(
             "command": f"python -m mfsr.refine.train --out {out} --minutes {minutes} --seed {seed} "
                        f"--bursts {bursts}" + (f" --steps {steps}" if steps else ""),
             "seed": seed,
-            "train_images": list(TRAIN_IMAGES),
+            "train_images": list(TRAIN_IMAGES) + [f"{n} ({pkg}/{rel}, /{f})" for n, pkg, rel, f in TRAIN_EXTRA_PHOTOS],
             "dead_leaves_seeds": list(TRAIN_DEAD_LEAVES_SEEDS),
             "heldout_images": list(HELDOUT_IMAGES),
             "bursts": len(cache),
@@ -431,7 +486,8 @@ def train(
                             "10^U(-5, -2); beta 0 (25%) or 10^U(-7, -3); fuse() defaults (sharpening on), "
                             "noise model estimated by fuse",
             "fusion_params": "mfsr.fusion.FusionParams() defaults (sharpen_amount=0.6)",
-            "loss": f"relative L1 (per-example L1 / (fused L1 + {REL_EPS})), linear light",
+            "loss": f"mean log(MSE refined / MSE fused) (+{MSE_FLOOR:g} each) + {HARM_WEIGHT:g} x its positive part, "
+                    "linear light",
             "optimizer": f"Adam lr {lr}, cosine decay to 1e-5 over the budget",
             "steps": step,
             "minutes_budget": minutes,
@@ -440,7 +496,7 @@ def train(
             "fuse_seconds_per_burst_mean": round(float(np.mean(fuse_times)), 4),
             "train_seconds": round(t_train, 1),
             "total_seconds": round(time.time() - t_start, 1),
-            "final_train_l1": rows[-1]["train_l1"] if rows else None,
+            "final_train_gain_db": rows[-1]["train_gain_db"] if rows else None,
             "final_validation": final,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
