@@ -11,6 +11,7 @@ import torch
 
 from mfsr.refine import MODES, RefineNet, RefinerWeightsError, load_refiner, refine_image
 from mfsr.refine._features import confidence_reference, pixel_features
+from mfsr.refine._inference import DC_SIGMA
 from mfsr.refine._weights import MANIFEST, WEIGHTS_DIR, sha256_file
 from mfsr.refine.heldout import EXCLUDED_IMAGES, HELDOUT_IMAGES, TRAIN_EXTRA_PHOTOS, TRAIN_IMAGES
 from mfsr.synth import SAMPLE_IMAGES
@@ -87,16 +88,34 @@ def test_tiled_equals_whole_image(shape):
 
 
 def test_tile_margin_covers_receptive_field():
-    """A change at one pixel moves no output farther than the network's radius."""
-    net = _random_net(3)
+    """A change at one pixel moves no network output farther than its radius."""
+    net = _random_net(3).eval()
     img, conf = _inputs((96, 96), seed=3)
-    a = refine_image(img, conf, cfa=False, scale=1.0, noise=NOISE, weights=net)
     img2 = img.copy()
     img2[48, 48] += 0.5
-    b = refine_image(img2, conf, cfa=False, scale=1.0, noise=NOISE, weights=net)
-    changed = np.argwhere(np.abs(a - b) > 0)
+    g = torch.zeros(1, 4)
+    with torch.no_grad():
+        a, b = (net(torch.from_numpy(pixel_features(x, conf, conf_ref=1.0, noise=NOISE))[None], g)[0].numpy()
+                for x in (img, img2))
+    changed = np.argwhere(np.abs(a - b).max(axis=0) > 0)
     assert changed.size
     assert np.abs(changed - 48).max() <= net.radius + 1
+    # refine_image adds the high-pass of the residual (Gaussian truncated at 3 sigma)
+    ra = refine_image(img, conf, cfa=False, scale=1.0, noise=NOISE, weights=net)
+    rb = refine_image(img2, conf, cfa=False, scale=1.0, noise=NOISE, weights=net)
+    changed = np.argwhere(np.abs(ra - rb) > 0)
+    assert np.abs(changed - 48).max() <= net.radius + 1 + int(np.ceil(3 * DC_SIGMA))
+
+
+def test_flat_field_keeps_its_level():
+    """The residual is high-passed: a flat field keeps its brightness (only the
+    pixel shuffle's 2x2 pattern, far below one 16-bit step at 0.5, remains)."""
+    for shape, cfa in (((64, 66, 3), True), ((63, 65), False)):
+        for level in (0.05, 0.5, 0.9):
+            img = np.full(shape, level, np.float32)
+            out = refine_image(img, np.full(shape[:2], 4.0, np.float32), cfa=cfa, scale=2.0, noise=NOISE)
+            assert abs(float(out.mean()) - level) < 2e-5
+            assert np.abs(out - img).max() < 1e-3
 
 
 def test_confidence_reference_is_scale_free():
