@@ -17,7 +17,8 @@ SIM = dict(n_frames=8, max_shift=3.0, max_rotation=0.5, blur_sigma=0.5)
 
 
 def _gain(burst, **kw):
-    res = fuse(burst.frames, scale=burst.scale, cfa=burst.cfa, **kw)
+    """PSNR gain of the kernel fusion (no learned refinement) over one frame upscaled."""
+    res = fuse(burst.frames, scale=burst.scale, cfa=burst.cfa, refine=False, **kw)
     base = single_frame_upscale(burst.frames[burst.reference], burst.scale, cfa=burst.cfa)
     mask = kw.pop("_mask", None)
     return (
@@ -67,14 +68,14 @@ def test_constant_scene_is_reproduced_exactly(cfa, shape):
         want = 0.3
     flow = np.random.default_rng(1).uniform(-2, 2, shape[:3] + (2,)).astype(np.float32)
     flow[0] = 0
-    res = fuse(frames, scale=1.7, cfa=cfa, flow=flow)
+    res = fuse(frames, scale=1.7, cfa=cfa, flow=flow, refine=False)
     np.testing.assert_allclose(res.image, np.broadcast_to(want, res.image.shape), atol=1e-5)
 
 
 def test_single_frame_identity_at_scale_one():
     frame = np.random.default_rng(2).random((24, 30)).astype(np.float32)
     params = FusionParams(k_detail=0.1, k_stretch=1.0, k_shrink=1.0, radius_min=0.05, sharpen_amount=0.0)
-    res = fuse(frame[None], scale=1.0, params=params, noise=(0.0, 0.0))
+    res = fuse(frame[None], scale=1.0, params=params, noise=(0.0, 0.0), refine=False)
     np.testing.assert_allclose(res.image, frame, atol=1e-5)
     assert res.flow.shape == (1, 24, 30, 2) and not res.flow.any()
 
@@ -230,9 +231,20 @@ def test_refine_adds_the_network_correction_and_reports_it():
     from mfsr.synth import sample_image, simulate_burst
 
     burst = simulate_burst(sample_image("astronaut", size=96), n_frames=4, scale=2, cfa="RGGB", seed=0)
-    plain = fuse(burst.frames, scale=2, cfa="RGGB", flow=burst.flow)
+    plain = fuse(burst.frames, scale=2, cfa="RGGB", flow=burst.flow, refine=False)
     refined = fuse(burst.frames, scale=2, cfa="RGGB", flow=burst.flow, refine=True)
     assert plain.refinement is None
     assert refined.image.shape == plain.image.shape and refined.image.dtype == np.float32
     np.testing.assert_allclose(refined.image - refined.refinement, plain.image, atol=1e-5)
     assert np.abs(refined.refinement).max() > 1e-3  # the network did change something
+
+
+def test_refinement_is_the_default_within_its_trained_scales():
+    from mfsr.synth import sample_image, simulate_burst
+
+    burst = simulate_burst(sample_image("astronaut", size=64), n_frames=3, scale=2, cfa="RGGB", seed=0)
+    assert fuse(burst.frames, scale=2, cfa="RGGB", flow=burst.flow).refinement is not None
+    # below the trained range: plain fusion and a warning that says why
+    with pytest.warns(UserWarning, match="refine: the refinement network is trained for scales 1 to 4"):
+        res = fuse(burst.frames, scale=0.5, cfa="RGGB", flow=burst.flow)
+    assert res.refinement is None and res.image.shape == (16, 16, 3)

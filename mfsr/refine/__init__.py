@@ -9,12 +9,15 @@ training configuration) and are trained by ``python -m mfsr.refine.train``;
 training photographs, how much of the network's residual to apply per mode
 and scale (``refine_image(..., strength=None)`` uses it).
 
+:func:`mfsr.fuse` applies it by default (``refine=True``) at scales in
+:data:`SCALE_RANGE`.
+
 Public API: :func:`refine_image`, :func:`load_refiner`, :class:`RefineNet`,
-:class:`RefinerWeightsError`.
+:class:`RefinerWeightsError`, :data:`SCALE_RANGE`.
 """
 
-from ._inference import refine_image
+from ._inference import SCALE_RANGE, refine_image
 from ._network import RefineNet
 from ._weights import MODES, RefinerWeightsError, load_refiner
 
-__all__ = ["MODES", "RefineNet", "RefinerWeightsError", "load_refiner", "refine_image"]
+__all__ = ["MODES", "SCALE_RANGE", "RefineNet", "RefinerWeightsError", "load_refiner", "refine_image"]

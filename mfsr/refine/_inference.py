@@ -14,7 +14,11 @@ from ._features import confidence_reference, global_features, pixel_features
 from ._network import RefineNet
 from ._weights import load_refiner, refiner_strength
 
-__all__ = ["refine_image", "DC_SIGMA"]
+__all__ = ["refine_image", "DC_SIGMA", "SCALE_RANGE"]
+
+#: Scales the network is trained on (mfsr.refine.train draws 1, 2 and
+#: U(1.25, 4)); :func:`mfsr.fuse` does not refine outside them.
+SCALE_RANGE = (1.0, 4.0)
 
 #: Gaussian sigma (output px) of the local mean the refinement may not move:
 #: the network's residual is high-passed at this scale. The fusion measures
