@@ -13,7 +13,8 @@ ground truth (PSNR in dB and SSIM, 8-px border excluded):
   bicubic-upsampled on the same pixel grid;
 - ``phasecorr+avg``: global phase-correlation shift of every frame, average,
   bicubic upsampling (what one would script with scikit-image);
-- ``mfsr``: ``mfsr.fuse`` with its own registration;
+- ``mfsr``: ``mfsr.fuse`` with its own registration, kernel fusion alone
+  (``refine=False``; the learned refinement is scored by ``bench_refine.py``);
 - ``mfsr (true flow)``: ``mfsr.fuse`` given the simulator's true flow, which
   separates fusion quality from registration error;
 - ``mfsr, no sharpening``: the plain merge (``FusionParams(sharpen_amount=0)``);
@@ -76,16 +77,16 @@ def run_case(name: str, images: list[str], size: int) -> dict[str, list[tuple[fl
         burst = simulate_burst(truth, seed=seed, **MOTION, **spec)
         cfa, scale = burst.cfa, burst.scale
         ref = burst.frames[burst.reference]
-        fused = fuse(burst.frames, scale=scale, cfa=cfa)
+        fused = fuse(burst.frames, refine=False, scale=scale, cfa=cfa)
         single = single_frame_upscale(ref, scale, cfa=cfa)
         outputs = {
             "single": single,
             "single + sharpening": sharpened(single, scale, fused.noise),
             "phasecorr+avg": phase_correlation_average(burst.frames, scale, cfa=cfa),
             "mfsr": fused.image,
-            "mfsr (true flow)": fuse(burst.frames, scale=scale, cfa=cfa, flow=burst.flow).image,
+            "mfsr (true flow)": fuse(burst.frames, refine=False, scale=scale, cfa=cfa, flow=burst.flow).image,
             "mfsr, no sharpening": fuse(
-                burst.frames, scale=scale, cfa=cfa, flow=fused.flow,
+                burst.frames, scale=scale, cfa=cfa, flow=fused.flow, refine=False,
                 params=FusionParams(sharpen_amount=0.0),
             ).image,
         }
@@ -107,7 +108,7 @@ def run_moving_object(name: str, images: list[str], size: int) -> tuple[list[flo
         mask = burst.motion_mask.copy()
         mask[:CROP], mask[-CROP:], mask[:, :CROP], mask[:, -CROP:] = False, False, False, False
         single = single_frame_upscale(burst.frames[burst.reference], burst.scale, cfa=burst.cfa)
-        fused = fuse(burst.frames, scale=burst.scale, cfa=burst.cfa).image
+        fused = fuse(burst.frames, refine=False, scale=burst.scale, cfa=burst.cfa).image
         single_scores.append(psnr(single, burst.ground_truth, mask=mask))
         fused_scores.append(psnr(fused, burst.ground_truth, mask=mask))
     return single_scores, fused_scores

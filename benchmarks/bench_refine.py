@@ -59,7 +59,7 @@ def run_case(case: str, noise: str, images, size: int, weights) -> list[dict]:
     for seed, name in enumerate(images):
         truth = sample_image(name, grey=grey, size=size)
         burst = simulate_burst(truth, seed=seed, **MOTION, **spec, **NOISE[noise])
-        res = fuse(burst.frames, scale=burst.scale, cfa=burst.cfa)
+        res = fuse(burst.frames, scale=burst.scale, cfa=burst.cfa, refine=False)
         out = refine_image(
             res.image, res.confidence, cfa=burst.cfa is not None, scale=burst.scale,
             noise=res.noise, weights=weights,
@@ -85,7 +85,7 @@ def blur_sweep(images, size: int, weights) -> list[str]:
             for blur in (0.0, 0.5, 1.0):
                 burst = simulate_burst(truth, seed=seed, n_frames=8, max_shift=2.0, max_rotation=0.5,
                                        blur_sigma=blur, cfa=cfa, scale=scale, **NOISE["moderate noise"])
-                res = fuse(burst.frames, scale=scale, cfa=cfa)
+                res = fuse(burst.frames, scale=scale, cfa=cfa, refine=False)
                 out = refine_image(res.image, res.confidence, cfa=cfa is not None, scale=scale,
                                    noise=res.noise, weights=weights)
                 p0 = psnr(res.image, burst.ground_truth, crop=CROP)

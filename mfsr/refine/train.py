@@ -214,7 +214,7 @@ def _draw_burst(rng, pool, mode: str | None = None, scale: float | None = None) 
 def make_example(burst, cfg: dict) -> Example:
     """Fuse a simulated burst with the default pipeline and build the network inputs."""
     t0 = time.perf_counter()
-    res = fuse(burst.frames, scale=burst.scale, cfa=burst.cfa)
+    res = fuse(burst.frames, scale=burst.scale, cfa=burst.cfa, refine=False)
     dt = time.perf_counter() - t0
     grey = res.image.ndim == 2
     conf_ref = confidence_reference(res.confidence)
