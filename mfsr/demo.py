@@ -85,7 +85,9 @@ def run_demo(
     result = fuse(burst.frames, scale=scale, cfa=burst.cfa, refine=True, progress=not quiet)
     seconds = time.perf_counter() - t0
     single = single_frame_upscale(burst.frames[burst.reference], scale, cfa=burst.cfa)
-    fused = result.image - result.refinement
+    # outside the network's trained scales fuse warns and does not refine
+    change = result.refinement if result.refinement is not None else np.zeros_like(result.image)
+    fused = result.image - change
     truth = burst.ground_truth
 
     crop = 8
