@@ -189,7 +189,7 @@ def refine_image(
     ph, pw = h + h % 2, w + w % 2
     if (ph, pw) != (h, w):
         pad = ((0, ph - h), (0, pw - w))
-        img = np.pad(img, pad + ((0, 0),) * (img.ndim - 2), mode="reflect" if min(h, w) > 1 else "edge")
+        img = np.pad(img, pad + ((0, 0),) * (img.ndim - 2), mode="reflect")  # _check_inputs: >= 2x2
         conf = np.pad(conf, pad, mode="reflect")
     conf_ref = confidence_reference(conf[:h, :w])
     margin = net.radius + net.radius % 2

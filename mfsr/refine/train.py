@@ -143,8 +143,8 @@ def _draw_scene(rng, pool, side: int, want_grey: bool) -> tuple[str, np.ndarray]
     """A random crop of a random training scene, with random flips and colour."""
     photos, textures = pool
     if rng.random() >= TEXTURE_SHARE:
-        w = np.array([p[2] for p in photos])
-        name, img, _ = photos[int(rng.choice(len(photos), p=w / w.sum()))]
+        weights = np.array([p[2] for p in photos])
+        name, img, _ = photos[int(rng.choice(len(photos), p=weights / weights.sum()))]
     else:
         name, img = textures[int(rng.integers(len(textures)))]
     h, w = img.shape[:2]
