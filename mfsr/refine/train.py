@@ -382,7 +382,7 @@ def plot_curves(rows: list[dict], path: Path) -> None:
 def train(
     out: Path,
     *,
-    minutes: float = 40.0,
+    minutes: float = 45.0,
     seed: int = 0,
     bursts: int = 1500,
     val_bursts: int = 24,
@@ -518,7 +518,7 @@ def train(
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Train the mfsr refinement network (CPU, about an hour).")
     parser.add_argument("--out", required=True, type=Path, help="output folder for weights, manifest, curves")
-    parser.add_argument("--minutes", type=float, default=40.0, help="training-phase budget (after the cache)")
+    parser.add_argument("--minutes", type=float, default=45.0, help="training-phase budget (after the cache)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bursts", type=int, default=1500, help="simulated and fused bursts in the cache")
     parser.add_argument("--steps", type=int, default=None, help="fixed step count instead of the time budget")
