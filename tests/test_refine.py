@@ -224,7 +224,8 @@ def test_heldout_images_not_in_training():
     assert set(HELDOUT_IMAGES) | set(TRAIN_IMAGES) <= set(SAMPLE_IMAGES)
 
 
-def test_one_training_step_reduces_loss_on_toy_batch():
+@pytest.mark.parametrize("bf16", [False, True])
+def test_one_training_step_reduces_loss_on_toy_batch(bf16):
     from mfsr.refine.train import loss_fn
 
     torch.manual_seed(0)
@@ -236,13 +237,13 @@ def test_one_training_step_reduces_loss_on_toy_batch():
     grey = torch.tensor([False, True])
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     with torch.no_grad():
-        before = float(loss_fn(net, planes, gl, truth, grey))
+        before = float(loss_fn(net, planes, gl, truth, grey, bf16=bf16))
     for _ in range(10):
         opt.zero_grad()
-        loss_fn(net, planes, gl, truth, grey).backward()
+        loss_fn(net, planes, gl, truth, grey, bf16=bf16).backward()
         opt.step()
     with torch.no_grad():
-        assert float(loss_fn(net, planes, gl, truth, grey)) < before
+        assert float(loss_fn(net, planes, gl, truth, grey, bf16=bf16)) < before
 
 
 def test_strength_zero_returns_fusion_and_one_is_raw():
@@ -300,3 +301,37 @@ def test_extra_training_photos_load(name, package, relpath, factor):
     assert img.dtype == np.float32 and 0.0 <= img.min() and img.max() <= 1.0
     assert min(img.shape[:2]) >= 200  # room for the largest training crop (161 px)
     assert name not in HELDOUT_IMAGES
+
+
+def test_mode_and_scale_draws_follow_their_shares():
+    from mfsr.refine import train as tr
+
+    assert sum(tr.MODE_SHARES.values()) == pytest.approx(1.0)
+    assert sum(tr.SCALE_SHARES.values()) < 1.0  # the rest is U(1.25, 4)
+    scene = np.full((200, 200), 0.5, np.float32)
+    pool = ([("flat", scene, 1.0)], [("flat", scene)])
+    rng = np.random.default_rng(3)
+    draws = [tr._draw_config(rng, pool)[0] for _ in range(400)]
+    share_cfa = np.mean([d["mode"] == "cfa" for d in draws])
+    share_x1 = np.mean([d["scale"] == 1.0 for d in draws])
+    # binomial standard error at n = 400 is about 0.025
+    assert abs(share_cfa - tr.MODE_SHARES["cfa"]) < 0.08
+    assert abs(share_x1 - tr.SCALE_SHARES[1.0]) < 0.08
+
+
+def test_tiny_training_run_writes_loadable_weights(tmp_path):
+    # the whole training script, end to end, at a toy size
+    pytest.importorskip("sklearn", reason="training photos ship with scikit-learn (pip install 'mfsr[train]')")
+    pytest.importorskip("pywt", reason="training photos ship with PyWavelets (pip install 'mfsr[train]')")
+    from mfsr.refine.train import train
+
+    manifest = train(tmp_path, bursts=2, val_bursts=1, steps=3, channels=4, blocks=1, log=lambda *a: None)
+    assert manifest["training"]["steps"] == 3
+    assert manifest["training"]["precision"].startswith("bf16")
+    for name in ("refiner.pt", "manifest.json", "training.csv", "training.png"):
+        assert (tmp_path / name).is_file()
+    net = load_refiner("cfa", tmp_path / "refiner.pt")
+    assert (net.channels, net.blocks) == (4, 1)
+    img, conf = _inputs((24, 24, 3), seed=1)
+    out = refine_image(img, conf, cfa=True, scale=2.0, noise=(0.0, 0.0), weights=tmp_path / "refiner.pt")
+    assert out.shape == img.shape and np.isfinite(out).all()

@@ -144,8 +144,12 @@ class RefineNet(nn.Module):
         # along them (measured: no gain in 300 steps). Explicit high-pass
         # planes make those directions well conditioned.
         r = DETAIL_RADIUS
-        rgb = F.pad(pixels[:, :3], (r, r, r, r), mode="replicate")
-        detail = F.conv2d(rgb, self.detail.to(pixels.dtype), groups=3)
+        # float32 even under bfloat16 autocast (training): the fine
+        # differences this filter extracts would drown in the image's
+        # bfloat16 rounding (2**-9 of its level)
+        with torch.autocast(pixels.device.type, enabled=False):
+            rgb = F.pad(pixels[:, :3].float(), (r, r, r, r), mode="replicate")
+            detail = F.conv2d(rgb, self.detail.float(), groups=3)
         x = F.pixel_unshuffle(torch.cat([pixels, detail], dim=1), 2)
         g = globals_[:, :, None, None].expand(b, globals_.shape[1], h // 2, w // 2)
         x = torch.cat([x, g.to(x.dtype)], dim=1)
