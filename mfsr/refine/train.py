@@ -524,7 +524,7 @@ def train(
             "bursts_by_mode": {m: modes.count(m) for m in MODES},
             "validation_bursts": len(val),
             "hr_side": HR_SIDE, "patch": PATCH, "batch": BATCH,
-            "degradations": "see mfsr/refine/train.py _draw_burst: scale 1, 2 or U(1.25, 4) (scale_shares); "
+            "degradations": "see mfsr/refine/train.py _draw_config: scale 1, 2 or U(1.25, 4) (scale_shares); "
                             "2-16 frames; shift U(0.5, 4) px; rotation 0 (30%) or U(0, 1) deg; local warp "
                             "U(0, 0.5) px (20%); moving object (10%); blur U(0, 1) HR px; alpha 0 (20%) or "
                             "10^U(-5, -2); beta 0 (25%) or 10^U(-7, -3); fuse() defaults (sharpening on), "
@@ -566,7 +566,7 @@ def main(argv=None) -> None:
     parser.add_argument("--channels", type=int, default=32)
     parser.add_argument("--blocks", type=int, default=4)
     parser.add_argument("--precision", choices=PRECISIONS, default="bf16",
-                        help="bf16: bfloat16 autocast, about 2x the steps on CPUs with bf16 units")
+                        help="bf16: bfloat16 autocast, about 1.5x the steps of fp32 on CPUs with bf16 units")
     args = parser.parse_args(argv)
     train(args.out, minutes=args.minutes, seed=args.seed, bursts=args.bursts, steps=args.steps,
           channels=args.channels, blocks=args.blocks, precision=args.precision,
