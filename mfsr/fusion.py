@@ -355,7 +355,7 @@ def fuse(
         Apply the learned refinement network (:func:`mfsr.refine.refine_image`)
         after the fusion (default); ``FusionResult.refinement`` then holds
         what it changed. On held-out photos it gains about +1 dB at scale 2
-        and +0.24 dB at scale 1 (Bayer; one photo of five lost 0.18 dB), see
+        and +0.24 dB at scale 1 (Bayer; no photo lost more than 0.03 dB), see
         benchmarks/RESULTS.md. The network is trained for scales
         :data:`mfsr.refine.SCALE_RANGE`; outside them the fusion is returned
         unrefined, with a warning. ``refine=False`` gives the pure kernel
