@@ -4,7 +4,7 @@ Usage::
 
     .venv/bin/python benchmarks/bench_refine.py              # quality table + 12 MP timing
     .venv/bin/python benchmarks/bench_refine.py --quick      # two photos, no timing
-    .venv/bin/python benchmarks/bench_refine.py --weights DIR/refiner.pt
+    .venv/bin/python benchmarks/bench_refine.py --weights DIR   # a training run's folder
 
 Quality: simulated 8-frame bursts (the motion of ``bench_quality.py``: shifts up
 to 2 px, rotations up to 0.5 degree, optical blur 0.5 HR px) of the held-out
@@ -114,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two photos, no 12 MP timing")
     parser.add_argument("--size", type=int, default=384, help="ground-truth crop size (px)")
-    parser.add_argument("--weights", default=None, help="weight file (default: the shipped one)")
+    parser.add_argument("--weights", default=None, help="weight folder (its manifest picks each mode's file) or file (default: the shipped weights)")
     parser.add_argument("--no-timing", action="store_true")
     args = parser.parse_args()
     images = list(HELDOUT_IMAGES[:2] if args.quick else HELDOUT_IMAGES)

@@ -126,8 +126,8 @@ def refine_image(
     progress : bool
         Show a tqdm progress bar (when there is more than one tile).
     weights : path, RefineNet or None
-        Weight file (see :func:`load_refiner`), an already built network, or
-        None for the shipped weights.
+        Weight file or folder (see :func:`load_refiner`), an already built
+        network, or None for the shipped weights.
     strength : float or None
         Factor on the network's residual, in [0, 1]. None takes the strength
         calibrated for this mode and scale on validation bursts

@@ -52,20 +52,20 @@ def _read_manifest(folder: Path) -> dict | None:
 
 def _resolve(mode: str, weights) -> tuple[Path, dict | None]:
     """Weight file for ``mode`` and the manifest entry that describes it (if any)."""
-    if weights is None:
-        manifest = _read_manifest(WEIGHTS_DIR)
+    folder = WEIGHTS_DIR if weights is None else Path(os.fspath(weights))
+    if weights is None or folder.is_dir():
+        # a folder: its manifest names each mode's file
+        manifest = _read_manifest(folder)
         if manifest is None:
-            raise RefinerWeightsError(
-                f"refiner manifest {WEIGHTS_DIR / MANIFEST} is missing; {_FALLBACK}"
-            )
+            raise RefinerWeightsError(f"refiner manifest {folder / MANIFEST} is missing; {_FALLBACK}")
         try:
             name = manifest["modes"][mode]
         except (KeyError, TypeError):
             raise RefinerWeightsError(
-                f"refiner manifest {WEIGHTS_DIR / MANIFEST} has no weights for mode {mode!r}; {_FALLBACK}"
+                f"refiner manifest {folder / MANIFEST} has no weights for mode {mode!r}; {_FALLBACK}"
             ) from None
-        return WEIGHTS_DIR / name, manifest
-    path = Path(os.fspath(weights))
+        return folder / name, manifest
+    path = folder
     # a manifest beside a custom file is honoured when it describes that file
     manifest = _read_manifest(path.parent)
     if manifest is not None and path.name not in manifest.get("files", {}):
@@ -83,14 +83,16 @@ def load_refiner(mode: str, weights: str | os.PathLike | None = None) -> RefineN
     ----------
     mode : {"grey", "rgb", "cfa"}
         Kind of fusion the image came from (grey frames, RGB frames, Bayer
-        mosaics). The shipped manifest maps all three to one shared network
-        (the mode is one of its inputs); the mapping allows separate weight
-        sets later.
+        mosaics). The shipped manifest maps grey and RGB to one shared
+        network (the mode is one of its inputs) and Bayer to a copy of it
+        fine-tuned on Bayer bursts.
     weights : path or None
-        A weight file (``state_dict`` saved by ``torch.save``) instead of the
-        shipped one. A ``manifest.json`` beside it that lists the file is
-        honoured (hash and architecture); otherwise the default architecture
-        is assumed.
+        None: the shipped weights. A folder: the weights its
+        ``manifest.json`` names for ``mode`` (what
+        ``python -m mfsr.refine.train --out DIR`` writes). A file: that
+        ``state_dict`` (saved by ``torch.save``); a ``manifest.json`` beside
+        it that lists the file is honoured (hash and architecture),
+        otherwise the default architecture is assumed.
 
     Returns
     -------
