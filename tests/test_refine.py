@@ -60,7 +60,7 @@ def test_shipped_weights_load_offline_and_match_manifest():
         assert n_params == entry["parameters"]
     # small weights: well under a megabyte each
     assert all(e["bytes"] < 1_000_000 for e in manifest["files"].values())
-    assert "seed" in manifest["training"] and "steps" in manifest["training"]
+    assert "seed" in manifest["training"] and "stages" in manifest["training"]
 
 
 def test_load_refiner_rejects_unknown_mode():
@@ -320,18 +320,67 @@ def test_mode_and_scale_draws_follow_their_shares():
 
 
 def test_tiny_training_run_writes_loadable_weights(tmp_path):
-    # the whole training script, end to end, at a toy size
+    # the whole training script, end to end, at a toy size: shared stage, then the Bayer fine-tune
     pytest.importorskip("sklearn", reason="training photos ship with scikit-learn (pip install 'mfsr[train]')")
     pytest.importorskip("pywt", reason="training photos ship with PyWavelets (pip install 'mfsr[train]')")
     from mfsr.refine.train import train
 
-    manifest = train(tmp_path, bursts=2, val_bursts=1, steps=3, channels=4, blocks=1, log=lambda *a: None)
-    assert manifest["training"]["steps"] == 3
+    manifest = train(tmp_path, bursts=2, val_bursts=1, steps=3, cfa_bursts=2, cfa_steps=2,
+                     channels=4, blocks=1, log=lambda *a: None)
+    stages = manifest["training"]["stages"]
+    assert stages["shared"]["steps"] == 3 and stages["cfa"]["steps"] == 2
+    assert stages["cfa"]["bursts_by_mode"] == {"grey": 0, "rgb": 0, "cfa": 2}
     assert manifest["training"]["precision"].startswith("bf16")
-    for name in ("refiner.pt", "manifest.json", "training.csv", "training.png"):
+    assert manifest["modes"] == {"grey": "refiner.pt", "rgb": "refiner.pt", "cfa": "refiner_cfa.pt"}
+    for name in ("refiner.pt", "refiner_cfa.pt", "manifest.json", "training.csv", "training.png"):
         assert (tmp_path / name).is_file()
-    net = load_refiner("cfa", tmp_path / "refiner.pt")
-    assert (net.channels, net.blocks) == (4, 1)
+    with open(tmp_path / "training.csv") as f:
+        assert [line.split(",")[0] for line in f][1:] == ["shared", "cfa"]
+    # the folder resolves each mode to its own file, hash-checked
+    shared, bayer = load_refiner("grey", tmp_path), load_refiner("cfa", tmp_path)
+    assert (bayer.channels, bayer.blocks) == (4, 1)
+    assert not torch.equal(shared.tail.weight, bayer.tail.weight)
     img, conf = _inputs((24, 24, 3), seed=1)
-    out = refine_image(img, conf, cfa=True, scale=2.0, noise=(0.0, 0.0), weights=tmp_path / "refiner.pt")
+    out = refine_image(img, conf, cfa=True, scale=2.0, noise=(0.0, 0.0), weights=tmp_path)
     assert out.shape == img.shape and np.isfinite(out).all()
+    # the Bayer stage alone, from the shared weights
+    again = train(tmp_path / "ft", init=tmp_path / "refiner.pt", minutes=0, val_bursts=1, cfa_bursts=2,
+                  cfa_steps=1, channels=4, blocks=1, log=lambda *a: None)
+    assert "shared" not in again["training"]["stages"]
+    assert again["training"]["init"]["sha256"] == sha256_file(tmp_path / "refiner.pt")
+    assert again["training"]["init"]["manifest_training"]["stages"]["shared"]["steps"] == 3
+    with pytest.raises(ValueError, match="minutes"):
+        train(tmp_path / "none", minutes=0, log=lambda *a: None)
+
+
+def test_weight_folder_picks_each_modes_file(tmp_path):
+    a, b = _random_net(1), _random_net(2)
+    torch.save(a.state_dict(), tmp_path / "a.pt")
+    torch.save(b.state_dict(), tmp_path / "b.pt")
+    arch = {"channels": a.channels, "blocks": a.blocks}
+    (tmp_path / MANIFEST).write_text(json.dumps({
+        "modes": {"grey": "a.pt", "rgb": "a.pt", "cfa": "b.pt"},
+        "files": {n: {"sha256": sha256_file(tmp_path / n), "architecture": arch} for n in ("a.pt", "b.pt")},
+    }))
+    assert torch.equal(load_refiner("grey", tmp_path).tail.weight, a.tail.weight)
+    assert torch.equal(load_refiner("cfa", tmp_path).tail.weight, b.tail.weight)
+    (tmp_path / MANIFEST).unlink()
+    with pytest.raises(RefinerWeightsError, match="manifest.json"):
+        load_refiner("cfa", tmp_path)
+
+
+def test_calibration_prefers_safety_over_the_mean():
+    from mfsr.refine.calibrate import STRENGTHS, WORST_ALLOWED, choose_strength
+
+    a = np.asarray(STRENGTHS)
+    # mean gain rises with strength, but one burst is harmed beyond the allowance above 0.4
+    good = np.tile(2.0 * a, (3, 1))
+    harmed = np.where(a > 0.4, -5.0 * (a - 0.4), 0.5 * a)
+    gains = np.vstack([good, harmed])
+    best = choose_strength(gains)
+    assert a[best] == pytest.approx(0.4)
+    assert gains[:, best].min() >= WORST_ALLOWED
+    # harm at every strength: refinement off
+    assert choose_strength(np.tile(-a, (2, 1))) == 0
+    # nothing harmed: the highest mean wins
+    assert a[choose_strength(np.tile(a, (2, 1)))] == 1.0

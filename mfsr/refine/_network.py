@@ -74,11 +74,12 @@ class RefineNet(nn.Module):
     The full-resolution inputs are pixel-unshuffled by 2 (each 2x2 block
     becomes 4 channels), so every 3x3 convolution sees a 6x6 full-resolution
     neighbourhood at a quarter of the cost; a final pixel shuffle returns the
-    residual to full resolution. One network serves all modes (grey, RGB,
-    CFA-fused RGB): the mode, the scale and the burst's confidence level are
-    constant input planes, so every training burst teaches the shared
-    filters (one hour of CPU training is too little to split three ways).
-    Grey images enter as three equal channels.
+    residual to full resolution. One network learns from all modes (grey,
+    RGB, CFA-fused RGB): the mode, the scale and the burst's confidence level
+    are constant input planes, so every training burst teaches the shared
+    filters (one hour of CPU training is too little to train three from
+    scratch); a copy fine-tuned on Bayer bursts then serves the Bayer mode
+    (:mod:`mfsr.refine.train`). Grey images enter as three equal channels.
 
     Parameters
     ----------
