@@ -355,8 +355,10 @@ def fuse(
         Apply the learned refinement network (:func:`mfsr.refine.refine_image`)
         after the fusion (default); ``FusionResult.refinement`` then holds
         what it changed. On held-out photos it gains about +1 dB at scale 2
-        and +0.24 dB at scale 1 (Bayer; no photo lost more than 0.03 dB), see
-        benchmarks/RESULTS.md. The network is trained for scales
+        and +0.24 dB at scale 1 (Bayer; every photo gains), see
+        benchmarks/RESULTS.md. Its strength is calibrated per mode and scale
+        so that no validation burst loses more than 0.1 dB; for grey frames
+        at scale 1 that switches it off. The network is trained for scales
         :data:`mfsr.refine.SCALE_RANGE`; outside them the fusion is returned
         unrefined, with a warning. ``refine=False`` gives the pure kernel
         fusion.
