@@ -357,6 +357,34 @@ def test_tiny_training_run_writes_loadable_weights(tmp_path):
         train(tmp_path / "none", minutes=0, log=lambda *a: None)
 
 
+def test_calibration_uses_each_modes_weights(tmp_path, monkeypatch):
+    pytest.importorskip("sklearn", reason="training photos ship with scikit-learn (pip install 'mfsr[train]')")
+    pytest.importorskip("pywt", reason="training photos ship with PyWavelets (pip install 'mfsr[train]')")
+    from mfsr.refine import _inference
+    from mfsr.refine.calibrate import SCALES, calibrate
+    from mfsr.refine.train import train
+
+    train(tmp_path, bursts=2, val_bursts=1, steps=2, cfa_bursts=2, cfa_steps=2, channels=4, blocks=1,
+          log=lambda *a: None)
+    hashes = {n: sha256_file(tmp_path / n) for n in ("refiner.pt", "refiner_cfa.pt")}
+    seen = []
+    original = _inference.refine_image
+
+    def spy(image, confidence, *, cfa, weights, **kw):
+        seen.append((cfa, image.ndim, weights.name))
+        return original(image, confidence, cfa=cfa, weights=weights, **kw)
+
+    monkeypatch.setattr(_inference, "refine_image", spy)
+    manifest = calibrate(tmp_path, bursts=1, log=lambda *a: None)
+    # grey and RGB fusions are scored with the shared file, Bayer ones with the Bayer file
+    assert {w for cfa, _, w in seen if cfa} == {"refiner_cfa.pt"}
+    assert {w for cfa, _, w in seen if not cfa} == {"refiner.pt"}
+    assert set(manifest["strength"]) == set(MODES)
+    assert all(len(manifest["strength"][m]) == len(SCALES) for m in MODES)
+    assert "worst" in manifest["calibration"]["rule"]
+    assert {n: sha256_file(tmp_path / n) for n in hashes} == hashes
+
+
 def test_weight_folder_picks_each_modes_file(tmp_path):
     a, b = _random_net(1), _random_net(2)
     torch.save(a.state_dict(), tmp_path / "a.pt")
