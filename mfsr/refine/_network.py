@@ -78,8 +78,8 @@ class RefineNet(nn.Module):
     RGB, CFA-fused RGB): the mode, the scale and the burst's confidence level
     are constant input planes, so every training burst teaches the shared
     filters (one hour of CPU training is too little to train three from
-    scratch); a copy fine-tuned on Bayer bursts then serves the Bayer mode
-    (:mod:`mfsr.refine.train`). Grey images enter as three equal channels.
+    scratch; a Bayer-only fine-tune is an option of :mod:`mfsr.refine.train`).
+    Grey images enter as three equal channels.
 
     Parameters
     ----------
@@ -87,6 +87,14 @@ class RefineNet(nn.Module):
         Feature channels at half resolution.
     blocks : int
         Number of residual blocks.
+    filters : int
+        Learned linear filters (0: none). Each is a ``filter_size`` square,
+        3-to-3-channel convolution of the fused image with zero DC gain,
+        scaled per pixel by a gate the network predicts, and added to the
+        residual: a linear deblurring filter (which least squares fits well
+        across photographs) that the network only has to switch and weigh.
+    filter_size : int
+        Side of the learned filters, full-resolution pixels (odd).
 
     Notes
     -----
@@ -105,10 +113,20 @@ class RefineNet(nn.Module):
     inference needs at least that margin.
     """
 
-    def __init__(self, channels: int = 32, blocks: int = 4) -> None:
+    def __init__(self, channels: int = 32, blocks: int = 4, filters: int = 0, filter_size: int = 9) -> None:
         super().__init__()
         self.channels = int(channels)
         self.blocks = int(blocks)
+        self.filters = int(filters)
+        self.filter_size = int(filter_size)
+        if self.filter_size % 2 != 1 or self.filter_size // 2 > 2 * (2 * self.blocks + 2) + DETAIL_RADIUS:
+            raise ValueError(f"filter_size: expected an odd size within the receptive field, got {filter_size!r}")
+        if self.filters:
+            # zero filters and unit gates: the path starts switched on but adds nothing
+            self.bank = nn.Parameter(torch.zeros(3 * self.filters, 3, self.filter_size, self.filter_size))
+            self.gate = nn.Conv2d(channels, 4 * self.filters, 3, padding=1)
+            nn.init.zeros_(self.gate.weight)
+            nn.init.ones_(self.gate.bias)
         n_in = 4 * (N_PIXEL_FEATURES + 3) + N_GLOBAL_FEATURES
         # fixed, not learned: a buffer, so it is saved with the weights but never trained
         self.register_buffer("detail", (DETAIL_GAIN * _detail_kernel()).expand(3, 1, -1, -1).clone())
@@ -156,4 +174,17 @@ class RefineNet(nn.Module):
         x = torch.cat([x, g.to(x.dtype)], dim=1)
         x = F.relu(self.head(x))
         x = self.body(x)
-        return F.pixel_shuffle(self.tail(x), 2)
+        residual = F.pixel_shuffle(self.tail(x), 2)
+        if self.filters:
+            gates = F.pixel_shuffle(self.gate(x), 2)  # (B, filters, H, W)
+            r = self.filter_size // 2
+            with torch.autocast(pixels.device.type, enabled=False):
+                # zero DC gain: the filters only move detail, never the local level
+                bank = self.bank.float() - self.bank.float().mean(dim=(2, 3), keepdim=True)
+                rgb = F.pad(pixels[:, :3].float(), (r, r, r, r), mode="replicate")
+                filtered = F.conv2d(rgb, bank)
+                gates = gates.float()
+                residual = residual.float().clone()
+                for k in range(self.filters):  # in place: no (B, filters, 3, H, W) temporary
+                    residual.addcmul_(gates[:, k : k + 1], filtered[:, 3 * k : 3 * k + 3])
+        return residual

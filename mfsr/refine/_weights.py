@@ -83,9 +83,9 @@ def load_refiner(mode: str, weights: str | os.PathLike | None = None) -> RefineN
     ----------
     mode : {"grey", "rgb", "cfa"}
         Kind of fusion the image came from (grey frames, RGB frames, Bayer
-        mosaics). The shipped manifest maps grey and RGB to one shared
-        network (the mode is one of its inputs) and Bayer to a copy of it
-        fine-tuned on Bayer bursts.
+        mosaics). The shipped manifest maps all three to one shared network
+        (the mode is one of its inputs); the mapping allows separate weight
+        sets (:mod:`mfsr.refine.train` can fine-tune one for Bayer).
     weights : path or None
         None: the shipped weights. A folder: the weights its
         ``manifest.json`` names for ``mode`` (what

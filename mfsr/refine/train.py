@@ -2,10 +2,10 @@
 
 Usage::
 
-    python -m mfsr.refine.train --out DIR [--minutes M] [--seed S] [--bursts N] [--cfa-minutes M2]
-    python -m mfsr.refine.train --out DIR --init SHARED.pt --minutes 0 [--cfa-minutes M2]   # Bayer stage only
+    python -m mfsr.refine.train --out DIR [--minutes M] [--seed S] [--bursts N]
+    python -m mfsr.refine.train --out DIR --init SHARED.pt --minutes 0 --cfa-minutes M2   # Bayer stage only
 
-Three phases:
+Two phases, and an optional third:
 
 1. **Cache**: ``--bursts`` bursts are simulated with
    :func:`mfsr.synth.simulate_burst` over a wide randomised degradation range
@@ -30,14 +30,18 @@ Three phases:
    float32 on CPUs with bfloat16 units, the same validation gain per step;
    ``--precision fp32`` for others). A fixed validation set (other seeds,
    training images) is refined through :func:`mfsr.refine.refine_image`
-   every few minutes. This network serves grey and RGB fusions.
-3. **Bayer fine-tuning** for ``--cfa-minutes`` (default 12): a copy of the
-   shared network trained on ``--cfa-bursts`` Bayer bursts only (a cache of
-   their own), learning rate :data:`CFA_LR` with cosine decay; it serves
-   Bayer fusions (``refiner_cfa.pt``). ``--cfa-minutes 0`` ships one network
-   for every mode.
+   every few minutes. This network serves every mode.
+3. **Bayer fine-tuning** (optional, ``--cfa-minutes`` > 0; off by default):
+   a copy of the shared network trained on ``--cfa-bursts`` Bayer bursts only
+   (a cache of their own), learning rate :data:`CFA_LR` with cosine decay,
+   optionally with a gated linear filter bank (``--cfa-filters``); it then
+   serves Bayer fusions (``refiner_cfa.pt``). Not shipped: it raised the
+   held-out Bayer gains (to +0.40 dB at scale 1 and +1.19 at scale 2 with
+   two filters) but lost 2.9 to 3.6 dB against the plain fusion on the
+   real-sensor Bayer check (``tests/test_realdata_camera.py``, openISP),
+   where the shared network loses 0.12 (benchmarks/RESULTS.md).
 
-Outputs in ``DIR``: ``refiner.pt`` and ``refiner_cfa.pt`` (state_dicts), ``manifest.json`` (SHA-256,
+Outputs in ``DIR``: ``refiner.pt`` (and ``refiner_cfa.pt`` after phase 3), ``manifest.json`` (SHA-256,
 architecture, the full training configuration, duration, final losses),
 ``training.csv`` and ``training.png`` (curves of both stages, drawn with
 Pillow). Copy the weight files and ``manifest.json`` into
@@ -483,14 +487,17 @@ def _fit(net: RefineNet, cache: list[Example], val: list[Example], *, stage: str
     return rows, step, final, time.time() - t0
 
 
-def _save_weights(net: RefineNet, path: Path, channels: int, blocks: int) -> dict:
+def _save_weights(net: RefineNet, path: Path) -> dict:
     """Write a state_dict and return its manifest ``files`` entry."""
     state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
     torch.save(state, path)
+    arch = {"channels": net.channels, "blocks": net.blocks}
+    if net.filters:
+        arch.update(filters=net.filters, filter_size=net.filter_size)
     return {
         "sha256": sha256_file(path),
         "bytes": path.stat().st_size,
-        "architecture": {"channels": channels, "blocks": blocks},
+        "architecture": arch,
         "parameters": int(sum(p.numel() for p in net.parameters())),
     }
 
@@ -514,9 +521,10 @@ def train(
     bursts: int = 1500,
     val_bursts: int = 24,
     steps: int | None = None,
-    cfa_minutes: float = 12.0,
+    cfa_minutes: float = 0.0,
     cfa_bursts: int = 600,
     cfa_steps: int | None = None,
+    cfa_filters: int = 0,
     init: Path | None = None,
     channels: int = 32,
     blocks: int = 4,
@@ -529,14 +537,14 @@ def train(
 
     Two stages. **Shared**: one network for all modes (grey, RGB, Bayer),
     ``minutes`` (or ``steps``) on ``bursts`` bursts of every mode.
-    **Bayer**: a copy of it fine-tuned for ``cfa_minutes`` (or ``cfa_steps``)
-    on ``cfa_bursts`` Bayer bursts only, at a lower learning rate
-    (:data:`CFA_LR`), written as ``refiner_cfa.pt`` and mapped to the "cfa"
-    mode; grey and RGB keep the shared ``refiner.pt``. On this project's
-    2-core VM an 8-minute fine-tune of the shared network raised the Bayer
-    scale-1 gain on training photographs (bench conditions) from +0.63 to
-    +0.77 dB, where more shared steps had not moved it. ``cfa_minutes=0``
-    skips the stage.
+    **Bayer** (optional, off by default): a copy of it fine-tuned for
+    ``cfa_minutes`` (or ``cfa_steps``) on ``cfa_bursts`` Bayer bursts only,
+    at a lower learning rate (:data:`CFA_LR`), with ``cfa_filters`` gated
+    linear filters added (:class:`RefineNet`), written as ``refiner_cfa.pt``
+    and mapped to the "cfa" mode; grey and RGB keep the shared
+    ``refiner.pt``. It gains on simulated bursts and held-out photographs
+    but loses on real-sensor texture (module docstring), so the shipped
+    weights do without it.
 
     ``init`` starts the shared network from a weight file; with
     ``minutes=0`` the shared stage is skipped and only the Bayer stage runs
@@ -597,13 +605,19 @@ def train(
                                     lr=lr, train_seconds=round(t_train, 1), final_validation=final,
                                     final_train_gain_db=r[-1]["train_gain_db"])
             del cache
-        files["refiner.pt"] = _save_weights(net, out / "refiner.pt", channels, blocks)
+        files["refiner.pt"] = _save_weights(net, out / "refiner.pt")
         if run_cfa:
             t0 = time.time()
             cache, fuse_total = build_cache(cfa_bursts, seed + CFA_SEED_OFFSET, log, mode="cfa")
             t_cache = time.time() - t0
             log(f"Bayer cache ready: {len(cache)} bursts in {t_cache:.0f} s")
             val_cfa = [ex for ex in val if ex.info["mode"] == "cfa"] or val
+            if cfa_filters:
+                # the shared network plus a gated linear filter bank that starts at zero
+                grown = RefineNet(channels, blocks, filters=cfa_filters)
+                missing, unexpected = grown.load_state_dict(net.state_dict(), strict=False)
+                assert not unexpected and all(k.startswith(("bank", "gate")) for k in missing)
+                net = grown.to(memory_format=torch.channels_last)
             r, n, final, t_train = _fit(
                 net, cache, val_cfa, stage="cfa", seconds=cfa_minutes * 60.0, steps=cfa_steps, lr=CFA_LR,
                 rng=np.random.default_rng(seed + CFA_SEED_OFFSET + 1), bf16=bf16, writer=writer,
@@ -613,11 +627,12 @@ def train(
             stages["cfa"] = dict(_cache_summary(cache, fuse_total, t_cache), steps=n, minutes_budget=cfa_minutes,
                                  lr=CFA_LR, train_seconds=round(t_train, 1), validation_bursts=len(val_cfa),
                                  final_validation=final, final_train_gain_db=r[-1]["train_gain_db"])
-            files["refiner_cfa.pt"] = _save_weights(net, out / "refiner_cfa.pt", channels, blocks)
+            files["refiner_cfa.pt"] = _save_weights(net, out / "refiner_cfa.pt")
     plot_curves(rows, out / "training.png")
     command = (f"python -m mfsr.refine.train --out {out} --minutes {minutes} --seed {seed} --bursts {bursts} "
                f"--cfa-minutes {cfa_minutes} --cfa-bursts {cfa_bursts} --precision {precision}"
                + (f" --steps {steps}" if steps else "") + (f" --cfa-steps {cfa_steps}" if cfa_steps else "")
+               + (f" --cfa-filters {cfa_filters}" if cfa_filters else "")
                + (f" --init {init}" if init is not None else ""))
     manifest = {
         "format": 1,
@@ -666,10 +681,12 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bursts", type=int, default=1500, help="simulated and fused bursts in the cache")
     parser.add_argument("--steps", type=int, default=None, help="fixed step count instead of the time budget")
-    parser.add_argument("--cfa-minutes", type=float, default=12.0,
-                        help="Bayer fine-tuning stage budget (0: one shared network for every mode)")
+    parser.add_argument("--cfa-minutes", type=float, default=0.0,
+                        help="Bayer fine-tuning stage budget (default 0: one shared network for every mode)")
     parser.add_argument("--cfa-bursts", type=int, default=600, help="Bayer bursts in the fine-tuning cache")
     parser.add_argument("--cfa-steps", type=int, default=None, help="fixed step count of the Bayer stage")
+    parser.add_argument("--cfa-filters", type=int, default=0,
+                        help="gated linear filters added to the Bayer network (0: none)")
     parser.add_argument("--init", type=Path, default=None,
                         help="start from this weight file (with --minutes 0: run only the Bayer stage)")
     parser.add_argument("--channels", type=int, default=32)
@@ -678,7 +695,8 @@ def main(argv=None) -> None:
                         help="bf16: bfloat16 autocast, about 1.5x the steps of fp32 on CPUs with bf16 units")
     args = parser.parse_args(argv)
     train(args.out, minutes=args.minutes, seed=args.seed, bursts=args.bursts, steps=args.steps,
-          cfa_minutes=args.cfa_minutes, cfa_bursts=args.cfa_bursts, cfa_steps=args.cfa_steps, init=args.init,
+          cfa_minutes=args.cfa_minutes, cfa_bursts=args.cfa_bursts, cfa_steps=args.cfa_steps,
+          cfa_filters=args.cfa_filters, init=args.init,
           channels=args.channels, blocks=args.blocks, precision=args.precision,
           log=lambda *a: print(*a, flush=True))
 
