@@ -355,7 +355,7 @@ def fuse(
         Apply the learned refinement network (:func:`mfsr.refine.refine_image`)
         after the fusion (default); ``FusionResult.refinement`` then holds
         what it changed. On held-out photos it gains about +1 dB at scale 2
-        and +0.24 dB at scale 1 (Bayer; every photo gains), see
+        and +0.23 dB at scale 1 (Bayer; every photo gains), see
         benchmarks/RESULTS.md. Its strength is calibrated per mode and scale
         so that no validation burst loses more than 0.1 dB; for grey frames
         at scale 1 that switches it off. The network is trained for scales
