@@ -436,7 +436,7 @@ CSV_FIELDS = ["stage", "step", "elapsed_s", "lr", "train_gain_db", "val_l1_fused
 
 
 def _fit(net: RefineNet, cache: list[Example], val: list[Example], *, stage: str, seconds: float,
-         steps: int | None, lr: float, rng, bf16: bool, writer, step0: int, eval_every_s: float,
+         steps: int | None, lr: float, rng, bf16: bool, writer, csv_file, step0: int, eval_every_s: float,
          checkpoint: Path, log) -> tuple[list[dict], int, dict, float]:
     """One training stage: Adam with cosine decay over ``seconds`` (or ``steps``).
 
@@ -478,6 +478,7 @@ def _fit(net: RefineNet, cache: list[Example], val: list[Example], *, stage: str
                 log(f"step {step0 + step} {row}")
             rows.append(row)
             writer.writerow(row)
+            csv_file.flush()  # the curves survive a crash
     final = evaluate(net, val)
     row = dict(stage=stage, step=step0 + step, elapsed_s=round(time.time() - t0, 1), lr=cur_lr,
                train_gain_db=LOSS_TO_DB * acc / acc_n if acc_n else (rows[-1]["train_gain_db"] if rows else float("nan")))
@@ -566,7 +567,6 @@ def train(
     t_start = time.time()
     torch.manual_seed(seed)
     log(f"torch threads: {torch.get_num_threads()}")
-    # channels-last: oneDNN's fast convolution layout on CPU (1.5x per step)
     net = RefineNet(channels, blocks)
     init_info = None
     if init is not None:
@@ -576,6 +576,7 @@ def train(
         beside = init.parent / "manifest.json"
         if beside.is_file():
             init_info["manifest_training"] = json.loads(beside.read_text()).get("training")
+    # channels-last: oneDNN's fast convolution layout on CPU (1.5x per step)
     net = net.to(memory_format=torch.channels_last)
     val, _ = build_cache(val_bursts, seed + 10_000, log=lambda *_: None)
     run_shared = minutes > 0 or bool(steps)
@@ -596,7 +597,7 @@ def train(
             log(f"cache ready: {len(cache)} bursts in {t_cache:.0f} s (fuse total {fuse_total:.0f} s)")
             r, n, final, t_train = _fit(
                 net, cache, val, stage="shared", seconds=minutes * 60.0, steps=steps, lr=lr,
-                rng=np.random.default_rng(seed + 1), bf16=bf16, writer=writer, step0=0,
+                rng=np.random.default_rng(seed + 1), bf16=bf16, writer=writer, csv_file=fcsv, step0=0,
                 eval_every_s=eval_every_s, checkpoint=out / "refiner_partial.pt", log=log)
             rows += r
             step_total += n
@@ -621,7 +622,7 @@ def train(
             r, n, final, t_train = _fit(
                 net, cache, val_cfa, stage="cfa", seconds=cfa_minutes * 60.0, steps=cfa_steps, lr=CFA_LR,
                 rng=np.random.default_rng(seed + CFA_SEED_OFFSET + 1), bf16=bf16, writer=writer,
-                step0=step_total, eval_every_s=eval_every_s, checkpoint=out / "refiner_cfa_partial.pt", log=log)
+                csv_file=fcsv, step0=step_total, eval_every_s=eval_every_s, checkpoint=out / "refiner_cfa_partial.pt", log=log)
             rows += r
             log(f"Bayer stage: {n} steps in {t_train:.0f} s; final (Bayer validation bursts) {final}")
             stages["cfa"] = dict(_cache_summary(cache, fuse_total, t_cache), steps=n, minutes_budget=cfa_minutes,
