@@ -129,8 +129,8 @@ class FusionParams:
         Gain of the final unsharp mask that compensates the integration of
         every sample over one input pixel (0 disables it). The default suits
         optics that blur by about 0.5 output px; with sharper optics it
-        over-sharpens grey frames fused at scale 1 (measured: 0 instead of
-        0.6 gave +7.5 dB there at blur 0, while it loses 5 dB at blur 0.5;
+        over-sharpens grey frames fused at scale 1 (measured there: 0
+        instead of 0.6 gave +7.5 dB at blur 0 and -5.3 dB at blur 0.5;
         benchmarks/RESULTS.md). The refinement network was trained on the
         default.
     sharpen_sigma : float
