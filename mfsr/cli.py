@@ -117,6 +117,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="noise model of the normalised samples, variance = ALPHA * x + BETA "
         "(default: the DNG NoiseProfile, else estimated from the reference frame)",
     )
+    f.add_argument(
+        "--merge-sharpen",
+        type=float,
+        metavar="AMOUNT",
+        help="gain of the fusion's final unsharp mask (default 0.6, for optics that blur by about half an "
+        "output pixel; 0 for sharp optics, where 0.6 over-sharpens grey frames at scale 1)",
+    )
     raw = f.add_argument_group("camera RAW bursts (DNG, CR2, NEF, ARW, ... or headerless dumps)")
     mode = raw.add_mutually_exclusive_group()
     mode.add_argument(
@@ -285,7 +292,7 @@ def _fuse_raw(args: argparse.Namespace):
         noise=None if args.noise is None else tuple(args.noise),
         headerless=headerless,
         progress=not args.quiet,
-        **_refine_option(args),
+        **_fuse_options(args),
     )
     info = cam.reference_info
 
@@ -306,13 +313,22 @@ def _fuse_raw(args: argparse.Namespace):
     return cam.fusion, cam.burst.frames, cam.burst.cfa, dev
 
 
-def _refine_option(args: argparse.Namespace) -> dict:
-    """``refine=`` for :func:`mfsr.fuse`: only when the command line chose (else fuse's default)."""
+def _fuse_options(args: argparse.Namespace) -> dict:
+    """``refine=`` and ``params=`` for :func:`mfsr.fuse`, only where the command line chose (else fuse's defaults)."""
+    from .fusion import FusionParams
+
+    options = {}
     if args.save_refinement is not None:
         if args.refine is False:
             raise ValueError("--save-refinement: needs the refinement; drop --no-refine")
-        return {"refine": True}
-    return {} if args.refine is None else {"refine": args.refine}
+        options["refine"] = True
+    elif args.refine is not None:
+        options["refine"] = args.refine
+    if args.merge_sharpen is not None:
+        if not (np.isfinite(args.merge_sharpen) and args.merge_sharpen >= 0):
+            raise ValueError(f"--merge-sharpen: expected a finite amount >= 0, got {args.merge_sharpen}")
+        options["params"] = FusionParams(sharpen_amount=args.merge_sharpen)
+    return options
 
 
 def _fuse_images(args: argparse.Namespace):
@@ -339,7 +355,7 @@ def _fuse_images(args: argparse.Namespace):
         reference=reference,
         noise=None if args.noise is None else tuple(args.noise),
         progress=not args.quiet,
-        **_refine_option(args),
+        **_fuse_options(args),
     )
     transfer = args.output_transfer or infos[0].transfer
     write_image(args.output, result.image, transfer=transfer, dtype=args.dtype)
@@ -369,7 +385,8 @@ def _fuse_geo(args: argparse.Namespace, passes: list[Path]) -> int:
 
     for flag, value in (("--cfa", args.cfa), ("--report", args.report), ("--save-flow", args.save_flow),
                         ("--linear/--finish", args.linear), ("--raw-size", args.raw_size),
-                        ("--refine", args.refine or None), ("--save-refinement", args.save_refinement)):
+                        ("--refine", args.refine or None), ("--save-refinement", args.save_refinement),
+                        ("--merge-sharpen", args.merge_sharpen)):
         if value is not None:
             raise ValueError(f"{flag}: not available for georeferenced passes")
     if args.reference == "auto":

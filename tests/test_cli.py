@@ -108,6 +108,23 @@ def test_fuse_cli_refinement_outputs(burst_dir, tmp_path, capsys):
     assert picture.shape == (96, 96, 3)
 
 
+def test_fuse_cli_merge_sharpen_reaches_the_fusion(burst_dir, tmp_path, capsys):
+    from mfsr.fusion import FusionParams, fuse
+
+    files = sorted(burst_dir.glob("frame-*.tif"))
+    out = tmp_path / "soft.tif"
+    assert main(["fuse", *map(str, files), "-o", str(out), "--scale", "2", "--cfa", "RGGB", "--no-refine",
+                 "--merge-sharpen", "0", "--output-transfer", "linear", "--dtype", "float32", "--quiet"]) == 0
+    frames = np.stack([read_image(f)[0] for f in files])
+    soft = fuse(frames, scale=2, cfa="RGGB", refine=False, params=FusionParams(sharpen_amount=0.0)).image
+    sharp = fuse(frames, scale=2, cfa="RGGB", refine=False).image
+    got, _ = read_image(out)
+    np.testing.assert_allclose(got, soft, atol=1e-6)
+    assert np.abs(got - sharp).max() > 1e-3
+    assert main(["fuse", *map(str, files), "-o", str(out), "--cfa", "RGGB", "--merge-sharpen", "-1"]) == 2
+    assert "--merge-sharpen: expected a finite amount >= 0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -288,3 +288,19 @@ def test_failure_during_tiles_leaves_nothing(good, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="tile failed"):
         fuse_rasters(good, tmp_path / "out.tif", save_count=tmp_path / "cnt.tif")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_fuses_passes_and_rejects_camera_only_options(passes, tmp_path, capsys):
+    from mfsr.cli import main
+
+    out = tmp_path / "cli.tif"
+    argv = ["fuse", *map(str, passes.paths), "-o", str(out), "--scale", "2", "--quiet"]
+    for extra in (["--merge-sharpen", "0"], ["--save-refinement", str(tmp_path / "c.png")], ["--cfa", "RGGB"]):
+        assert main([*argv, *extra]) == 2
+        assert f"{extra[0]}: not available for georeferenced passes" in capsys.readouterr().err
+        assert not out.exists()
+    assert main(argv) == 0
+    data, prof, _, _ = _read(out)
+    with rasterio.open(passes.paths[0]) as ref:
+        assert prof["crs"] == ref.crs and (prof["width"], prof["height"]) == (2 * ref.width, 2 * ref.height)
+    assert np.isfinite(data).mean() > 0.9
