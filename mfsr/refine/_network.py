@@ -119,7 +119,7 @@ class RefineNet(nn.Module):
         self.blocks = int(blocks)
         self.filters = int(filters)
         self.filter_size = int(filter_size)
-        if self.filter_size % 2 != 1 or self.filter_size // 2 > 2 * (2 * self.blocks + 2) + DETAIL_RADIUS:
+        if self.filter_size % 2 != 1 or self.filter_size // 2 > self.radius:
             raise ValueError(f"filter_size: expected an odd size within the receptive field, got {filter_size!r}")
         if self.filters:
             # zero filters and unit gates: the path starts switched on but adds nothing
@@ -180,7 +180,8 @@ class RefineNet(nn.Module):
             r = self.filter_size // 2
             with torch.autocast(pixels.device.type, enabled=False):
                 # zero DC gain: the filters only move detail, never the local level
-                bank = self.bank.float() - self.bank.float().mean(dim=(2, 3), keepdim=True)
+                bank = self.bank.float()
+                bank = bank - bank.mean(dim=(2, 3), keepdim=True)
                 rgb = F.pad(pixels[:, :3].float(), (r, r, r, r), mode="replicate")
                 filtered = F.conv2d(rgb, bank)
                 gates = gates.float()
