@@ -355,50 +355,56 @@ def test_mode_and_scale_draws_follow_their_shares():
     assert abs(share_x1 - tr.SCALE_SHARES[1.0]) < 0.08
 
 
-def test_tiny_training_run_writes_loadable_weights(tmp_path):
-    # the whole training script, end to end, at a toy size: shared stage, then the Bayer fine-tune
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """The whole training script at a toy size (shared stage, then the Bayer fine-tune): folder, manifest."""
     pytest.importorskip("sklearn", reason="training photos ship with scikit-learn (pip install 'mfsr[train]')")
     pytest.importorskip("pywt", reason="training photos ship with PyWavelets (pip install 'mfsr[train]')")
     from mfsr.refine.train import train
 
-    manifest = train(tmp_path, bursts=2, val_bursts=1, steps=3, cfa_bursts=2, cfa_steps=2, cfa_filters=1,
+    folder = tmp_path_factory.mktemp("toy_run")
+    manifest = train(folder, bursts=2, val_bursts=1, steps=3, cfa_bursts=2, cfa_steps=2, cfa_filters=1,
                      channels=4, blocks=1, log=lambda *a: None)
+    return folder, manifest
+
+
+def test_tiny_training_run_writes_loadable_weights(toy_run, tmp_path):
+    from mfsr.refine.train import train
+
+    run, manifest = toy_run
     stages = manifest["training"]["stages"]
     assert stages["shared"]["steps"] == 3 and stages["cfa"]["steps"] == 2
     assert stages["cfa"]["bursts_by_mode"] == {"grey": 0, "rgb": 0, "cfa": 2}
     assert manifest["training"]["precision"].startswith("bf16")
     assert manifest["modes"] == {"grey": "refiner.pt", "rgb": "refiner.pt", "cfa": "refiner_cfa.pt"}
     for name in ("refiner.pt", "refiner_cfa.pt", "manifest.json", "training.csv", "training.png"):
-        assert (tmp_path / name).is_file()
-    with open(tmp_path / "training.csv") as f:
+        assert (run / name).is_file()
+    with open(run / "training.csv") as f:
         assert [line.split(",")[0] for line in f][1:] == ["shared", "cfa"]
     # the folder resolves each mode to its own file, hash-checked
-    shared, bayer = load_refiner("grey", tmp_path), load_refiner("cfa", tmp_path)
+    shared, bayer = load_refiner("grey", run), load_refiner("cfa", run)
     assert (bayer.channels, bayer.blocks, bayer.filters) == (4, 1, 1)
     assert manifest["files"]["refiner_cfa.pt"]["architecture"]["filters"] == 1
     assert not torch.equal(shared.tail.weight, bayer.tail.weight)
     img, conf = _inputs((24, 24, 3), seed=1)
-    out = refine_image(img, conf, cfa=True, scale=2.0, noise=(0.0, 0.0), weights=tmp_path)
+    out = refine_image(img, conf, cfa=True, scale=2.0, noise=(0.0, 0.0), weights=run)
     assert out.shape == img.shape and np.isfinite(out).all()
     # the Bayer stage alone, from the shared weights
-    again = train(tmp_path / "ft", init=tmp_path / "refiner.pt", minutes=0, val_bursts=1, cfa_bursts=2,
+    again = train(tmp_path / "ft", init=run / "refiner.pt", minutes=0, val_bursts=1, cfa_bursts=2,
                   cfa_steps=1, channels=4, blocks=1, log=lambda *a: None)
     assert "shared" not in again["training"]["stages"]
-    assert again["training"]["init"]["sha256"] == sha256_file(tmp_path / "refiner.pt")
+    assert again["training"]["init"]["sha256"] == sha256_file(run / "refiner.pt")
     assert again["training"]["init"]["manifest_training"]["stages"]["shared"]["steps"] == 3
     with pytest.raises(ValueError, match="minutes"):
         train(tmp_path / "none", minutes=0, log=lambda *a: None)
 
 
-def test_calibration_uses_each_modes_weights(tmp_path, monkeypatch):
-    pytest.importorskip("sklearn", reason="training photos ship with scikit-learn (pip install 'mfsr[train]')")
-    pytest.importorskip("pywt", reason="training photos ship with PyWavelets (pip install 'mfsr[train]')")
+def test_calibration_uses_each_modes_weights(toy_run, tmp_path, monkeypatch):
     from mfsr.refine import _inference
     from mfsr.refine.calibrate import SCALES, calibrate
-    from mfsr.refine.train import train
 
-    train(tmp_path, bursts=2, val_bursts=1, steps=2, cfa_bursts=2, cfa_steps=2, channels=4, blocks=1,
-          log=lambda *a: None)
+    # a copy: calibration writes into the manifest
+    shutil.copytree(toy_run[0], tmp_path, dirs_exist_ok=True)
     hashes = {n: sha256_file(tmp_path / n) for n in ("refiner.pt", "refiner_cfa.pt")}
     seen = []
     original = _inference.refine_image
