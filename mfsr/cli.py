@@ -188,6 +188,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="also write what the network changed: a .png difference map (red brighter, blue darker) "
         "or a float32 .tif / .npy of refined minus fused (implies --refine)",
     )
+    learned.add_argument(
+        "--psf-sigma",
+        type=float,
+        metavar="PX",
+        help="optical blur of the camera, if known: Gaussian sigma in sensor pixels (lens and anti-aliasing "
+        "filter, without the pixel aperture); tells the network how much blur to undo (default: unknown)",
+    )
     extra = f.add_argument_group("extra outputs")
     extra.add_argument("--save-confidence", metavar="PATH", help="also write the confidence map")
     extra.add_argument(
@@ -314,7 +321,7 @@ def _fuse_raw(args: argparse.Namespace):
 
 
 def _fuse_options(args: argparse.Namespace) -> dict:
-    """``refine=`` and ``params=`` for :func:`mfsr.fuse`, only where the command line chose (else fuse's defaults)."""
+    """``refine=``, ``psf_sigma=`` and ``params=`` for :func:`mfsr.fuse`, only where the command line chose (else fuse's defaults)."""
     from .fusion import FusionParams
 
     options = {}
@@ -328,6 +335,12 @@ def _fuse_options(args: argparse.Namespace) -> dict:
         if not (np.isfinite(args.merge_sharpen) and args.merge_sharpen >= 0):
             raise ValueError(f"--merge-sharpen: expected a finite amount >= 0, got {args.merge_sharpen}")
         options["params"] = FusionParams(sharpen_amount=args.merge_sharpen)
+    if args.psf_sigma is not None:
+        if args.refine is False:
+            raise ValueError("--psf-sigma: informs the refinement network; drop --no-refine")
+        if not (np.isfinite(args.psf_sigma) and args.psf_sigma >= 0):
+            raise ValueError(f"--psf-sigma: expected a finite blur >= 0 (sensor pixels), got {args.psf_sigma}")
+        options["psf_sigma"] = args.psf_sigma
     return options
 
 
@@ -386,7 +399,7 @@ def _fuse_geo(args: argparse.Namespace, passes: list[Path]) -> int:
     for flag, value in (("--cfa", args.cfa), ("--report", args.report), ("--save-flow", args.save_flow),
                         ("--linear/--finish", args.linear), ("--raw-size", args.raw_size),
                         ("--refine", args.refine or None), ("--save-refinement", args.save_refinement),
-                        ("--merge-sharpen", args.merge_sharpen)):
+                        ("--merge-sharpen", args.merge_sharpen), ("--psf-sigma", args.psf_sigma)):
         if value is not None:
             raise ValueError(f"{flag}: not available for georeferenced passes")
     if args.reference == "auto":

@@ -48,7 +48,7 @@ from .registration import (
     flow_irregularity,
     prepare_reference,
 )
-from .validation import all_finite, as_burst, check_scale
+from .validation import all_finite, as_burst, check_psf_sigma, check_scale
 
 _NO_CELL = np.zeros((2, 2), np.int64)
 
@@ -321,6 +321,7 @@ def fuse(
     geometry: str | None = None,
     distortion=None,
     progress: bool = False,
+    psf_sigma: float | None = None,
 ) -> FusionResult:
     """Merge a burst into one image at any scale with robust kernel fusion.
 
@@ -399,6 +400,13 @@ def fuse(
         geometry.
     progress : bool
         Show a progress bar per frame.
+    psf_sigma : float or None
+        Optical blur of the camera, if known (lens calibration, MTF data
+        sheet): standard deviation of a Gaussian point spread function in
+        input pixels, without the pixel's own aperture. It tells the
+        refinement network how much blur to undo (from the image alone it
+        cannot tell a sharp lens from a soft one); see
+        :func:`mfsr.refine.refine_image`. Unused with ``refine=False``.
 
     Returns
     -------
@@ -454,6 +462,7 @@ def fuse(
     """
     burst, cfa, reference = as_burst(frames, cfa, reference)
     scale = check_scale(scale)
+    psf_sigma = check_psf_sigma(psf_sigma)
     if params is None:
         params = FusionParams()
     elif not isinstance(params, FusionParams):
@@ -563,7 +572,7 @@ def fuse(
             refine = False
     if refine:
         refined = refine_image(image, confidence, cfa=is_cfa, scale=scale, noise=(float(alpha), float(beta)),
-                               progress=progress)
+                               progress=progress, psf_sigma=psf_sigma)
         refinement = refined - image
         image = refined
     return FusionResult(

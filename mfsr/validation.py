@@ -145,3 +145,15 @@ def check_scale(scale: float) -> float:
     if not np.isfinite(s) or s <= 0:
         raise ValueError(f"scale: expected a finite number > 0, got {scale!r}")
     return s
+
+
+def check_psf_sigma(psf_sigma: float | None) -> float | None:
+    """Return ``psf_sigma`` as a float (None stays None), or raise if it is not a finite number >= 0."""
+    if psf_sigma is None:
+        return None
+    if isinstance(psf_sigma, (bool, np.bool_)) or not isinstance(psf_sigma, (int, float, np.integer, np.floating)):
+        raise TypeError(f"psf_sigma: expected None or a number (input pixels), got {psf_sigma!r}")
+    s = float(psf_sigma)
+    if not np.isfinite(s) or s < 0:
+        raise ValueError(f"psf_sigma: expected a finite number >= 0 (input pixels), got {psf_sigma!r}")
+    return s

@@ -46,6 +46,14 @@ def test_bad_scale(scale):
         mfsr.fuse(GREY, scale=scale)
 
 
+@pytest.mark.parametrize("psf_sigma, exc", [(-0.5, ValueError), (float("inf"), ValueError), ("0.5", TypeError),
+                                            (True, TypeError)])
+def test_bad_psf_sigma(psf_sigma, exc):
+    # checked before any fusion work, with or without the refinement
+    with pytest.raises(exc, match="^psf_sigma"):
+        mfsr.fuse(GREY, psf_sigma=psf_sigma, refine=False)
+
+
 @pytest.mark.parametrize(
     "frames, cfa, scale, shape",
     [

@@ -125,6 +125,23 @@ def test_fuse_cli_merge_sharpen_reaches_the_fusion(burst_dir, tmp_path, capsys):
     assert "--merge-sharpen: expected a finite amount >= 0" in capsys.readouterr().err
 
 
+def test_fuse_cli_psf_sigma_reaches_the_refinement(burst_dir, tmp_path, capsys):
+    from mfsr.fusion import fuse
+
+    files = sorted(burst_dir.glob("frame-*.tif"))
+    out = tmp_path / "told.tif"
+    assert main(["fuse", *map(str, files), "-o", str(out), "--scale", "2", "--cfa", "RGGB", "--psf-sigma", "0.3",
+                 "--output-transfer", "linear", "--dtype", "float32", "--quiet"]) == 0
+    frames = np.stack([read_image(f)[0] for f in files])
+    told = fuse(frames, scale=2, cfa="RGGB", psf_sigma=0.3).image
+    got, _ = read_image(out)
+    np.testing.assert_allclose(got, told, atol=1e-6)
+    for extra, message in ((["--psf-sigma", "-0.2"], "--psf-sigma: expected a finite blur >= 0"),
+                           (["--psf-sigma", "0.3", "--no-refine"], "--psf-sigma: informs the refinement")):
+        assert main(["fuse", *map(str, files), "-o", str(out), "--cfa", "RGGB", *extra]) == 2
+        assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

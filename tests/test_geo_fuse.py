@@ -295,7 +295,8 @@ def test_cli_fuses_passes_and_rejects_camera_only_options(passes, tmp_path, caps
 
     out = tmp_path / "cli.tif"
     argv = ["fuse", *map(str, passes.paths), "-o", str(out), "--scale", "2", "--quiet"]
-    for extra in (["--merge-sharpen", "0"], ["--save-refinement", str(tmp_path / "c.png")], ["--cfa", "RGGB"]):
+    for extra in (["--merge-sharpen", "0"], ["--psf-sigma", "0.4"], ["--save-refinement", str(tmp_path / "c.png")],
+                  ["--cfa", "RGGB"]):
         assert main([*argv, *extra]) == 2
         assert f"{extra[0]}: not available for georeferenced passes" in capsys.readouterr().err
         assert not out.exists()

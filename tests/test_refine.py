@@ -12,6 +12,7 @@ import torch
 from mfsr.refine import MODES, RefineNet, RefinerWeightsError, load_refiner, refine_image
 from mfsr.refine._features import confidence_reference, pixel_features
 from mfsr.refine._inference import DC_SIGMA
+from mfsr.refine._network import N_GLOBAL_FEATURES
 from mfsr.refine._weights import MANIFEST, WEIGHTS_DIR, sha256_file
 from mfsr.refine.heldout import EXCLUDED_IMAGES, HELDOUT_IMAGES, TRAIN_EXTRA_PHOTOS, TRAIN_IMAGES
 from mfsr.synth import SAMPLE_IMAGES
@@ -100,14 +101,14 @@ def _filter_net(seed=0) -> RefineNet:
 def test_filter_bank_starts_at_zero_and_keeps_flat_fields():
     net = RefineNet(channels=8, blocks=2, filters=2)
     planes = torch.rand(1, 5, 32, 32)
-    assert float(net(planes, torch.zeros(1, 4)).abs().max()) == 0.0
+    assert float(net(planes, torch.zeros(1, N_GLOBAL_FEATURES)).abs().max()) == 0.0
     # trained filters have zero DC gain: on a flat image the bank adds nothing
     net = _filter_net(1)
     flat = torch.full((1, 5, 32, 32), 0.4)
     bare = RefineNet(channels=8, blocks=2)
     bare.load_state_dict(net.state_dict(), strict=False)
     with torch.no_grad():
-        torch.testing.assert_close(net(flat, torch.zeros(1, 4)), bare.eval()(flat, torch.zeros(1, 4)),
+        torch.testing.assert_close(net(flat, torch.zeros(1, N_GLOBAL_FEATURES)), bare.eval()(flat, torch.zeros(1, N_GLOBAL_FEATURES)),
                                    atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="filter_size"):
         RefineNet(filters=1, filter_size=8)
@@ -129,7 +130,7 @@ def test_tile_margin_covers_receptive_field():
     img, conf = _inputs((96, 96), seed=3)
     img2 = img.copy()
     img2[48, 48] += 0.5
-    g = torch.zeros(1, 4)
+    g = torch.zeros(1, N_GLOBAL_FEATURES)
     with torch.no_grad():
         a, b = (net(torch.from_numpy(pixel_features(x, conf, conf_ref=1.0, noise=NOISE))[None], g)[0].numpy()
                 for x in (img, img2))
@@ -268,7 +269,7 @@ def test_one_training_step_reduces_loss_on_toy_batch(bf16):
     net = RefineNet(channels=8, blocks=1)
     rng = np.random.default_rng(5)
     planes = torch.from_numpy(rng.random((2, 5, 16, 16), dtype=np.float32))
-    gl = torch.zeros(2, 4)
+    gl = torch.zeros(2, N_GLOBAL_FEATURES)
     truth = planes[:, :3] + 0.05
     grey = torch.tensor([False, True])
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -314,6 +315,79 @@ def test_calibrated_strength_is_interpolated_in_log_scale(tmp_path):
     assert refiner_strength("cfa", 8.0, path) == pytest.approx(1.0)
     assert refiner_strength("cfa", 0.5, path) == pytest.approx(0.2)
     assert refiner_strength("grey", 2.0, path) == 1.0
+    # a known optical blur has its own table, and falls back to the blind one without it
+    assert refiner_strength("cfa", 1.0, path, psf_known=True) == pytest.approx(0.2)
+    manifest["strength_known_psf"] = {"cfa": {"1": 0.8, "4": 1.0}}
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    assert refiner_strength("cfa", 1.0, path, psf_known=True) == pytest.approx(0.8)
+    assert refiner_strength("cfa", 1.0, path) == pytest.approx(0.2)
+
+
+def test_psf_feature_is_the_blur_in_output_pixels():
+    from mfsr.refine._features import PSF_FEATURE_MAX, global_features
+
+    unknown = global_features(cfa=True, grey=False, scale=2.0, conf_ref=3.0)
+    known = global_features(cfa=True, grey=False, scale=2.0, conf_ref=3.0, psf_sigma=0.3)
+    assert unknown.shape == known.shape == (6,)
+    np.testing.assert_array_equal(unknown[:4], known[:4])
+    assert tuple(unknown[4:]) == (0.0, 0.0)
+    assert known[4] == 1.0 and known[5] == pytest.approx(0.6)  # 0.3 input px at scale 2
+    # a sharp lens is known too: flag 1, blur 0
+    sharp = global_features(cfa=True, grey=False, scale=2.0, conf_ref=3.0, psf_sigma=0.0)
+    assert tuple(sharp[4:]) == (1.0, 0.0)
+    huge = global_features(cfa=False, grey=True, scale=4.0, conf_ref=3.0, psf_sigma=5.0)
+    assert huge[5] == PSF_FEATURE_MAX
+
+
+def test_psf_sigma_reaches_the_network_and_is_checked():
+    img, conf = _inputs((40, 52, 3))
+    torch.manual_seed(0)
+    net = _random_net(3)
+    torch.nn.init.normal_(net.head.weight, std=0.3)
+    blind = refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, weights=net)
+    told = refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, weights=net, psf_sigma=0.4)
+    assert np.abs(told - blind).max() > 1e-4
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="psf_sigma"):
+            refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, weights=net, psf_sigma=bad)
+    with pytest.raises(TypeError, match="psf_sigma"):
+        refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, weights=net, psf_sigma="0.5")
+
+
+def test_networks_without_the_blur_input_still_load_and_widen_exactly(tmp_path):
+    from mfsr.refine._network import n_globals_of, widen_globals
+
+    torch.manual_seed(0)
+    old = RefineNet(channels=8, blocks=2, n_globals=4).eval()
+    torch.nn.init.normal_(old.tail.weight, std=0.1)
+    path = tmp_path / "old.pt"
+    torch.save(old.state_dict(), path)
+    (tmp_path / MANIFEST).write_text(json.dumps({
+        "modes": {m: "old.pt" for m in MODES},
+        "files": {"old.pt": {"sha256": sha256_file(path), "architecture": {"channels": 8, "blocks": 2}}},
+    }))
+    loaded = load_refiner("rgb", tmp_path)
+    assert loaded.n_globals == 4 == n_globals_of(old.state_dict())
+    # widened to the blur input with zero weights on it: the same function, whatever the blur says
+    new = RefineNet(channels=8, blocks=2).eval()
+    new.load_state_dict(widen_globals(old.state_dict()))
+    x = torch.rand(1, 5, 24, 24)
+    g = torch.tensor([[1.0, 0.0, 0.5, 0.8, 1.0, 0.7]])
+    torch.testing.assert_close(new(x, g), old(x, g), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="n_globals"):
+        widen_globals(new.state_dict(), 4)
+
+
+def test_training_tells_half_the_examples_their_blur():
+    from mfsr.refine.train import PSF_KNOWN_SHARE, Example, _globals_with_blur
+
+    g = np.array([1.0, 0.0, 0.5, 0.8, 0.0, 0.0], np.float32)
+    ex = Example(np.zeros((5, 4, 4), np.float32), g, np.zeros((3, 4, 4), np.float32), False,
+                 {"blur_sigma": 0.45})
+    assert tuple(_globals_with_blur(ex, True)[4:]) == pytest.approx((1.0, 0.45))
+    np.testing.assert_array_equal(_globals_with_blur(ex, False), g)
+    assert tuple(ex.globals_) == tuple(g)  # the cached example is not modified
+    assert 0.0 < PSF_KNOWN_SHARE < 1.0
 
 
 def test_training_tint_varies_smoothly_in_space():
@@ -420,6 +494,7 @@ def test_calibration_uses_each_modes_weights(toy_run, tmp_path, monkeypatch):
     assert {w for cfa, _, w in seen if not cfa} == {"refiner.pt"}
     assert set(manifest["strength"]) == set(MODES)
     assert all(len(manifest["strength"][m]) == len(SCALES) for m in MODES)
+    assert all(len(manifest["strength_known_psf"][m]) == len(SCALES) for m in MODES)
     assert "worst" in manifest["calibration"]["rule"]
     assert {n: sha256_file(tmp_path / n) for n in hashes} == hashes
 

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-__all__ = ["SIGMA_GAIN", "confidence_reference", "global_features", "pixel_features"]
+__all__ = ["PSF_FEATURE_MAX", "SIGMA_GAIN", "confidence_reference", "global_features", "pixel_features"]
 
 #: Gain on the noise standard deviation so its plane is of order 0.1 to 1.
 SIGMA_GAIN = 10.0
@@ -48,15 +48,40 @@ def confidence_reference(confidence: np.ndarray) -> float:
     return ref if np.isfinite(ref) and ref > 0 else 1.0
 
 
-def global_features(*, cfa: bool, grey: bool, scale: float, conf_ref: float) -> np.ndarray:
-    """Per-image constants: (CFA flag, grey flag, log2(scale)/2, log1p(conf_ref)/2).
+#: Largest optical blur (Gaussian sigma, output pixels) the network is told
+#: of: training drew blur up to 1 output pixel; beyond, "very soft".
+PSF_FEATURE_MAX = 2.0
+
+
+def global_features(
+    *, cfa: bool, grey: bool, scale: float, conf_ref: float, psf_sigma: float | None = None
+) -> np.ndarray:
+    """Per-image constants of the network.
+
+    Parameters
+    ----------
+    cfa, grey : bool
+        The fusion came from Bayer mosaics; the image is grey.
+    scale : float
+        Output pixels per input pixel.
+    conf_ref : float
+        :func:`confidence_reference` of the whole image.
+    psf_sigma : float or None
+        Optical blur of the camera: standard deviation of a Gaussian point
+        spread function in *input* (sensor) pixels, without the pixel's own
+        aperture. None: unknown.
 
     Returns
     -------
-    ndarray of float32, shape (4,)
+    ndarray of float32, shape (6,)
+        CFA flag, grey flag, ``log2(scale) / 2``, ``log1p(conf_ref) / 2``,
+        blur-known flag (0 or 1) and the blur in output pixels,
+        ``min(psf_sigma * scale, PSF_FEATURE_MAX)`` (0 when unknown).
     """
+    known = psf_sigma is not None
+    blur = min(float(psf_sigma) * float(scale), PSF_FEATURE_MAX) if known else 0.0
     return np.array(
-        [float(cfa), float(grey), math.log2(float(scale)) / 2.0, math.log1p(conf_ref) / 2.0],
+        [float(cfa), float(grey), math.log2(float(scale)) / 2.0, math.log1p(conf_ref) / 2.0, float(known), blur],
         np.float32,
     )
 

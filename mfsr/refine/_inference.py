@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from ..validation import check_scale
+from ..validation import check_psf_sigma, check_scale
 from ._features import confidence_reference, global_features, pixel_features
 from ._network import RefineNet
 from ._weights import load_refiner, refiner_strength
@@ -94,6 +94,7 @@ def refine_image(
     progress: bool = False,
     weights: str | os.PathLike | RefineNet | None = None,
     strength: float | None = None,
+    psf_sigma: float | None = None,
 ) -> np.ndarray:
     """Refine a fused image with the learned residual network.
 
@@ -135,6 +136,15 @@ def refine_image(
         for a network or weight file without calibration): where the network
         did not improve validation bursts, it shrinks the correction towards
         the plain fusion.
+    psf_sigma : float or None
+        Optical blur of the camera, if known: standard deviation of a
+        Gaussian point spread function (lens, anti-aliasing filter), in
+        *input* pixels, without the pixel's own aperture. The network then
+        knows how much blur to undo instead of guessing it from the image
+        (it cannot tell a sharp lens from a soft one well), and the strength
+        comes from the manifest's ``"strength_known_psf"`` table. None
+        (default): unknown. Networks trained before this input existed
+        ignore it.
 
     Returns
     -------
@@ -178,8 +188,10 @@ def refine_image(
         net = weights
     else:
         net = load_refiner(mode, weights)
+    psf_sigma = check_psf_sigma(psf_sigma)
     if strength is None:
-        strength = 1.0 if isinstance(weights, RefineNet) else refiner_strength(mode, scale, weights)
+        strength = 1.0 if isinstance(weights, RefineNet) else refiner_strength(
+            mode, scale, weights, psf_known=psf_sigma is not None)
     strength = float(strength)
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength: expected a number in [0, 1], got {strength!r}")
@@ -197,7 +209,8 @@ def refine_image(
     # padding), so border pixels get the same treatment as inner ones.
     img = np.pad(img, ((margin, margin),) * 2 + ((0, 0),) * (img.ndim - 2), mode="reflect")
     conf = np.pad(conf, margin, mode="reflect")
-    g = torch.from_numpy(global_features(cfa=bool(cfa), grey=grey, scale=scale, conf_ref=conf_ref))[None]
+    g = torch.from_numpy(global_features(
+        cfa=bool(cfa), grey=grey, scale=scale, conf_ref=conf_ref, psf_sigma=psf_sigma))[None]
     core = int(tile) + int(tile) % 2
     tiles = [(ys, xs) for ys in _spans(ph, core, margin) for xs in _spans(pw, core, margin)]
     resid = np.empty((ph, pw) if grey else (ph, pw, 3), np.float32)

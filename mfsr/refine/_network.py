@@ -12,13 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RefineNet", "N_PIXEL_FEATURES", "N_GLOBAL_FEATURES"]
+__all__ = ["RefineNet", "N_PIXEL_FEATURES", "N_GLOBAL_FEATURES", "n_globals_of", "widen_globals"]
 
 #: Per-pixel input planes at full resolution: RGB (grey replicated), the
 #: normalised confidence and the noise standard-deviation map.
 N_PIXEL_FEATURES = 5
-#: Per-image constants: CFA flag, grey flag, log2(scale) / 2, confidence level.
-N_GLOBAL_FEATURES = 4
+#: Per-image constants: CFA flag, grey flag, log2(scale) / 2, confidence
+#: level, optical-blur-known flag, optical blur (see
+#: :func:`mfsr.refine._features.global_features`).
+N_GLOBAL_FEATURES = 6
 #: Gain on the fixed detail (high-pass) planes.
 DETAIL_GAIN = 4.0
 #: Radius of the fixed detail filter, full-resolution pixels.
@@ -95,6 +97,10 @@ class RefineNet(nn.Module):
         across photographs) that the network only has to switch and weigh.
     filter_size : int
         Side of the learned filters, full-resolution pixels (odd).
+    n_globals : int
+        How many of the :data:`N_GLOBAL_FEATURES` per-image constants the
+        network reads (the first ``n_globals``): 4 for networks trained
+        before the optical blur became an input.
 
     Notes
     -----
@@ -113,8 +119,12 @@ class RefineNet(nn.Module):
     inference needs at least that margin.
     """
 
-    def __init__(self, channels: int = 32, blocks: int = 4, filters: int = 0, filter_size: int = 9) -> None:
+    def __init__(self, channels: int = 32, blocks: int = 4, filters: int = 0, filter_size: int = 9,
+                 n_globals: int = N_GLOBAL_FEATURES) -> None:
         super().__init__()
+        if not 1 <= int(n_globals) <= N_GLOBAL_FEATURES:
+            raise ValueError(f"n_globals: expected 1 to {N_GLOBAL_FEATURES}, got {n_globals!r}")
+        self.n_globals = int(n_globals)
         self.channels = int(channels)
         self.blocks = int(blocks)
         self.filters = int(filters)
@@ -127,7 +137,7 @@ class RefineNet(nn.Module):
             self.gate = nn.Conv2d(channels, 4 * self.filters, 3, padding=1)
             nn.init.zeros_(self.gate.weight)
             nn.init.ones_(self.gate.bias)
-        n_in = 4 * (N_PIXEL_FEATURES + 3) + N_GLOBAL_FEATURES
+        n_in = 4 * (N_PIXEL_FEATURES + 3) + self.n_globals
         # fixed, not learned: a buffer, so it is saved with the weights but never trained
         self.register_buffer("detail", (DETAIL_GAIN * _detail_kernel()).expand(3, 1, -1, -1).clone())
         self.head = nn.Conv2d(n_in, channels, 3, padding=1)
@@ -151,13 +161,16 @@ class RefineNet(nn.Module):
             Planes 0-2: the fused image, RGB, linear light (grey replicated);
             plane 3: normalised confidence; plane 4: scaled noise sigma. H, W even.
         globals_ : Tensor, shape (B, N_GLOBAL_FEATURES)
-            Per-image constants (see :func:`mfsr.refine.features`).
+            Per-image constants (see :func:`mfsr.refine._features.global_features`);
+            the network reads the first :attr:`n_globals`.
 
         Returns
         -------
         residual : Tensor, shape (B, 3, H, W)
         """
         b, _, h, w = pixels.shape
+        if globals_.ndim != 2 or globals_.shape[1] < self.n_globals:
+            raise ValueError(f"globals_: expected shape (B, >= {self.n_globals}), got {tuple(globals_.shape)}")
         # Deblurring needs gains at high frequencies, which carry little energy
         # in the image itself: plain gradient descent converges very slowly
         # along them (measured: no gain in 300 steps). Explicit high-pass
@@ -170,7 +183,7 @@ class RefineNet(nn.Module):
             rgb = F.pad(pixels[:, :3].float(), (r, r, r, r), mode="replicate")
             detail = F.conv2d(rgb, self.detail.float(), groups=3)
         x = F.pixel_unshuffle(torch.cat([pixels, detail], dim=1), 2)
-        g = globals_[:, :, None, None].expand(b, globals_.shape[1], h // 2, w // 2)
+        g = globals_[:, : self.n_globals, None, None].expand(b, self.n_globals, h // 2, w // 2)
         x = torch.cat([x, g.to(x.dtype)], dim=1)
         x = F.relu(self.head(x))
         x = self.body(x)
@@ -189,3 +202,26 @@ class RefineNet(nn.Module):
                 for k in range(self.filters):  # in place: no (B, filters, 3, H, W) temporary
                     residual.addcmul_(gates[:, k : k + 1], filtered[:, 3 * k : 3 * k + 3])
         return residual
+
+
+def n_globals_of(state: dict) -> int:
+    """Number of global features a saved ``RefineNet`` state dict reads (from its head's width)."""
+    return int(state["head.weight"].shape[1]) - 4 * (N_PIXEL_FEATURES + 3)
+
+
+def widen_globals(state: dict, n_globals: int = N_GLOBAL_FEATURES) -> dict:
+    """A state dict whose head reads ``n_globals`` global features.
+
+    The head's weights for the added features are zero, so the widened
+    network computes exactly what the saved one did until training moves
+    them (how a network trained before the optical blur became an input is
+    fine-tuned to use it).
+    """
+    w = state["head.weight"]
+    extra = n_globals - n_globals_of(state)
+    if extra < 0:
+        raise ValueError(f"n_globals: the state reads {n_globals_of(state)} global features, cannot narrow to {n_globals}")
+    out = dict(state)
+    out["head.weight"] = torch.cat([w, w.new_zeros(w.shape[0], extra, *w.shape[2:])], dim=1)
+    return out
+

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._network import RefineNet
+from ._network import RefineNet, n_globals_of
 
 __all__ = ["MODES", "RefinerWeightsError", "WEIGHTS_DIR", "load_refiner", "refiner_strength", "sha256_file"]
 
@@ -132,7 +132,8 @@ def load_refiner(mode: str, weights: str | os.PathLike | None = None) -> RefineN
     arch = entry.get("architecture", {})
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        net = RefineNet(**arch)
+        # files from before the optical blur became an input read 4 global features
+        net = RefineNet(**{"n_globals": n_globals_of(state), **arch})
         net.load_state_dict(state)
     except Exception as exc:  # torch raises several types for bad files
         raise RefinerWeightsError(
@@ -147,19 +148,24 @@ def load_refiner(mode: str, weights: str | os.PathLike | None = None) -> RefineN
     return net
 
 
-def refiner_strength(mode: str, scale: float, weights: str | os.PathLike | None = None) -> float:
+def refiner_strength(mode: str, scale: float, weights: str | os.PathLike | None = None, *,
+                     psf_known: bool = False) -> float:
     """Calibrated strength of the residual for ``mode`` at ``scale``.
 
     ``manifest["strength"][mode]`` maps scales to the factor ``a`` in
-    ``fused + a * residual`` that maximised the mean PSNR gain on validation
-    bursts (:mod:`mfsr.refine.calibrate`); it is interpolated linearly in
-    ``log2(scale)`` and held constant beyond the calibrated range. 1.0 when
-    the manifest has no calibration (e.g. a bare weight file).
+    ``fused + a * residual`` chosen on validation bursts
+    (:mod:`mfsr.refine.calibrate`); it is interpolated linearly in
+    ``log2(scale)`` and held constant beyond the calibrated range. With
+    ``psf_known`` (the optical blur is given to the network) the table
+    ``manifest["strength_known_psf"]`` is used where the manifest has one.
+    1.0 when the manifest has no calibration (e.g. a bare weight file).
     """
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
     _, manifest = _resolve(mode, weights)
-    table = (manifest or {}).get("strength", {}).get(mode)
+    manifest = manifest or {}
+    key = "strength_known_psf" if psf_known and "strength_known_psf" in manifest else "strength"
+    table = manifest.get(key, {}).get(mode)
     if not table:
         return 1.0
     pts = sorted((float(k), float(v)) for k, v in table.items())

@@ -13,7 +13,8 @@ fused with :func:`mfsr.fuse` and refined.
 The strength ``a`` in ``fused + a * residual`` (``a`` in 0, 0.1, ..., 1) with
 the highest mean PSNR gain *among those that lose no more than*
 :data:`WORST_ALLOWED` dB *on any validation burst* (:func:`choose_strength`)
-is written into ``DIR/manifest.json`` (``"strength"``);
+is written into ``DIR/manifest.json`` (``"strength"``; ``"strength_known_psf"``
+for the same bursts refined with their optical blur given, ``psf_sigma``);
 :func:`mfsr.refine.refine_image` interpolates it in ``log2(scale)``. Where the
 network does not help, or helps on average but harms some bursts, the
 refinement thus shrinks towards the plain fusion (fidelity first: the mean
@@ -74,14 +75,16 @@ def calibrate(folder: Path, *, bursts: int = 12, seed: int = 20_000, log=print) 
     # photographs only: they stand in for the textures too
     photos, _ = _source_pool()
     pool = (photos, [(name, img) for name, img, _ in photos])
-    table: dict[str, dict[str, float]] = {}
-    report: dict[str, dict[str, list[float]]] = {}
+    # the strength for users who give the optical blur (psf_sigma) and for those who do not
+    tables: dict[str, dict] = {"strength": {}, "strength_known_psf": {}}
+    reports: dict[str, dict] = {"strength": {}, "strength_known_psf": {}}
     t0 = time.time()
     for mode in MODES:
         weights = folder / manifest["modes"][mode]  # each mode may have its own network
-        table[mode], report[mode] = {}, {}
+        for key in tables:
+            tables[key][mode], reports[key][mode] = {}, {}
         for scale in SCALES:
-            gains = np.zeros((bursts, len(STRENGTHS)))
+            gains = {key: np.zeros((bursts, len(STRENGTHS))) for key in tables}
             for i in range(bursts):
                 cfg, _, burst = _draw_burst(rng, pool, mode=mode, scale=scale)
                 ex = make_example(burst, cfg)
@@ -89,27 +92,31 @@ def calibrate(folder: Path, *, bursts: int = 12, seed: int = 20_000, log=print) 
                 truth = ex.truth[0] if ex.grey else np.moveaxis(ex.truth, 0, 2)
                 conf_ref = float(np.expm1(2.0 * ex.globals_[3]))
                 conf = np.expm1(ex.planes[3]) * conf_ref
-                out = refine_image(fused, conf, cfa=mode == "cfa", scale=scale, noise=ex.info["noise_est"],
-                                   weights=weights, strength=1.0)
                 p0 = psnr(fused, truth, crop=8)
-                for j, a in enumerate(STRENGTHS):
-                    gains[i, j] = psnr(fused + a * (out - fused), truth, crop=8) - p0
-            mean, worst = gains.mean(axis=0), gains.min(axis=0)
-            best = choose_strength(gains)
-            table[mode][f"{scale:g}"] = float(STRENGTHS[best])
-            report[mode][f"{scale:g}"] = [round(float(mean[-1]), 3), round(float(worst[-1]), 3),
-                                          round(float(mean[best]), 3), round(float(worst[best]), 3)]
-            log(f"{mode} x{scale:g}: full strength {mean[-1]:+.2f} dB (worst burst {worst[-1]:+.2f}); "
-                f"strength {STRENGTHS[best]:.1f} -> {mean[best]:+.2f} dB (worst {worst[best]:+.2f}) "
-                f"({time.time() - t0:.0f} s)")
-    manifest["strength"] = table
+                for key, psf in (("strength", None), ("strength_known_psf", cfg["blur_sigma"] / scale)):
+                    out = refine_image(fused, conf, cfa=mode == "cfa", scale=scale, noise=ex.info["noise_est"],
+                                       weights=weights, strength=1.0, psf_sigma=psf)
+                    for j, a in enumerate(STRENGTHS):
+                        gains[key][i, j] = psnr(fused + a * (out - fused), truth, crop=8) - p0
+            for key, g in gains.items():
+                mean, worst = g.mean(axis=0), g.min(axis=0)
+                best = choose_strength(g)
+                tables[key][mode][f"{scale:g}"] = float(STRENGTHS[best])
+                reports[key][mode][f"{scale:g}"] = [round(float(mean[-1]), 3), round(float(worst[-1]), 3),
+                                                    round(float(mean[best]), 3), round(float(worst[best]), 3)]
+                log(f"{mode} x{scale:g} {'psf known' if key.endswith('psf') else 'psf unknown'}: "
+                    f"full strength {mean[-1]:+.2f} dB (worst burst {worst[-1]:+.2f}); "
+                    f"strength {STRENGTHS[best]:.1f} -> {mean[best]:+.2f} dB (worst {worst[best]:+.2f}) "
+                    f"({time.time() - t0:.0f} s)")
+    manifest.update(tables)
     manifest["calibration"] = {
         "command": f"python -m mfsr.refine.calibrate --dir {folder} --bursts {bursts} --seed {seed}",
         "bursts_per_bin": bursts,
         "seed": seed,
         "data": "training photographs (no textures), training degradation range (mfsr.refine.train._draw_burst), unseen seeds",
         "rule": f"highest mean gain whose worst burst loses no more than {-WORST_ALLOWED:g} dB",
-        "gain_db_full_mean_worst_and_calibrated_mean_worst": report,
+        "gain_db_full_mean_worst_and_calibrated_mean_worst": reports["strength"],
+        "known_psf_gain_db_full_mean_worst_and_calibrated_mean_worst": reports["strength_known_psf"],
         "seconds": round(time.time() - t0, 1),
     }
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -30,7 +30,12 @@ Two phases, and an optional third:
    float32 on CPUs with bfloat16 units, the same validation gain per step;
    ``--precision fp32`` for others). A fixed validation set (other seeds,
    training images) is refined through :func:`mfsr.refine.refine_image`
-   every few minutes. This network serves every mode.
+   every few minutes. This network serves every mode. Half the examples of
+   each batch (:data:`PSF_KNOWN_SHARE`, drawn anew at every step) are told
+   their true optical blur as a global input (``psf_sigma`` of
+   :func:`mfsr.refine.refine_image`), the others see "unknown": one network
+   for users who know their optics and for those who do not. ``--init`` of
+   a network trained before that input existed widens it with zero weights.
 3. **Bayer fine-tuning** (optional, ``--cfa-minutes`` > 0; off by default):
    a copy of the shared network trained on ``--cfa-bursts`` Bayer bursts only
    (a cache of their own), learning rate :data:`CFA_LR` with cosine decay,
@@ -73,8 +78,8 @@ from ..fusion import fuse
 from ..metrics import psnr, ssim
 from ..synth import dead_leaves, sample_image, simulate_burst
 from ..transfer import REC709_LUMA, srgb_to_linear
-from ._features import confidence_reference, global_features, pixel_features
-from ._network import RefineNet
+from ._features import PSF_FEATURE_MAX, confidence_reference, global_features, pixel_features
+from ._network import RefineNet, widen_globals
 from ._weights import MODES, sha256_file
 from .heldout import HELDOUT_IMAGES, TRAIN_DEAD_LEAVES_SEEDS, TRAIN_EXTRA_PHOTOS, TRAIN_IMAGES
 
@@ -91,7 +96,7 @@ class Example:
     """One fused training burst as network inputs and target."""
 
     planes: np.ndarray  # (5, H, W) float32
-    globals_: np.ndarray  # (4,) float32
+    globals_: np.ndarray  # (N_GLOBAL_FEATURES,) float32, blur unknown (see _globals_with_blur)
     truth: np.ndarray  # (3, H, W) float32 (grey replicated)
     grey: bool
     info: dict
@@ -275,6 +280,21 @@ def build_cache(n: int, seed: int, log=print, mode: str | None = None) -> tuple[
     return out, fuse_total
 
 
+#: Share of training examples that are told their optical blur (the others
+#: see "unknown"), so one network serves users who know their optics and
+#: users who do not.
+PSF_KNOWN_SHARE = 0.5
+
+
+def _globals_with_blur(ex: Example, known: bool) -> np.ndarray:
+    """The example's global features, told its true optical blur or not."""
+    g = ex.globals_.copy()
+    if known:
+        # blur_sigma is in HR pixels, i.e. output pixels: the feature's unit
+        g[4], g[5] = 1.0, min(float(ex.info["blur_sigma"]), PSF_FEATURE_MAX)
+    return g
+
+
 def _batch(rng, cache: list[Example], batch: int, patch: int):
     planes, gl, truth, grey = [], [], [], []
     for _ in range(batch):
@@ -290,7 +310,7 @@ def _batch(rng, cache: list[Example], batch: int, patch: int):
             p, t = p[:, :, ::-1], t[:, :, ::-1]
         planes.append(np.ascontiguousarray(p))
         truth.append(np.ascontiguousarray(t))
-        gl.append(ex.globals_)
+        gl.append(_globals_with_blur(ex, bool(rng.random() < PSF_KNOWN_SHARE)))
         grey.append(ex.grey)
     return (
         torch.from_numpy(np.stack(planes)),
@@ -571,7 +591,8 @@ def train(
     init_info = None
     if init is not None:
         init = Path(init)
-        net.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
+        # a network from before the optical blur became an input starts with zero weights on it
+        net.load_state_dict(widen_globals(torch.load(init, map_location="cpu", weights_only=True)))
         init_info = {"file": str(init), "sha256": sha256_file(init)}
         beside = init.parent / "manifest.json"
         if beside.is_file():
@@ -634,7 +655,7 @@ def train(
                f"--cfa-minutes {cfa_minutes} --cfa-bursts {cfa_bursts} --precision {precision}"
                + (f" --steps {steps}" if steps else "") + (f" --cfa-steps {cfa_steps}" if cfa_steps else "")
                + (f" --cfa-filters {cfa_filters}" if cfa_filters else "")
-               + (f" --init {init}" if init is not None else ""))
+               + (f" --init {init}" if init is not None else "") + (f" --lr {lr:g}" if lr != 1e-3 else ""))
     manifest = {
         "format": 1,
         "modes": {m: ("refiner_cfa.pt" if m == "cfa" and run_cfa else "refiner.pt") for m in MODES},
@@ -648,6 +669,7 @@ def train(
             "dead_leaves_seeds": list(TRAIN_DEAD_LEAVES_SEEDS),
             "photo_weights": dict(PHOTO_WEIGHTS),
             "texture_share": TEXTURE_SHARE,
+            "psf_known_share": PSF_KNOWN_SHARE,
             "heldout_images": list(HELDOUT_IMAGES),
             "validation_bursts": len(val),
             "hr_side": HR_SIDE, "patch": PATCH, "batch": BATCH,
@@ -690,6 +712,8 @@ def main(argv=None) -> None:
                         help="gated linear filters added to the Bayer network (0: none)")
     parser.add_argument("--init", type=Path, default=None,
                         help="start from this weight file (with --minutes 0: run only the Bayer stage)")
+    parser.add_argument("--lr", type=float, default=1e-3,
+                        help="learning rate at the start of the shared stage (cosine decay to 1e-5)")
     parser.add_argument("--channels", type=int, default=32)
     parser.add_argument("--blocks", type=int, default=4)
     parser.add_argument("--precision", choices=PRECISIONS, default="bf16",
@@ -698,7 +722,7 @@ def main(argv=None) -> None:
     train(args.out, minutes=args.minutes, seed=args.seed, bursts=args.bursts, steps=args.steps,
           cfa_minutes=args.cfa_minutes, cfa_bursts=args.cfa_bursts, cfa_steps=args.cfa_steps,
           cfa_filters=args.cfa_filters, init=args.init,
-          channels=args.channels, blocks=args.blocks, precision=args.precision,
+          channels=args.channels, blocks=args.blocks, lr=args.lr, precision=args.precision,
           log=lambda *a: print(*a, flush=True))
 
 
