@@ -132,7 +132,8 @@ class FusionParams:
         over-sharpens grey frames fused at scale 1 (measured there: 0
         instead of 0.6 gave +7.5 dB at blur 0 and -5.3 dB at blur 0.5;
         benchmarks/RESULTS.md). The refinement network was trained on the
-        default.
+        default; told the blur (``fuse(..., psf_sigma=...)``) it undoes
+        the over-sharpening.
     sharpen_sigma : float
         Its Gaussian, input px.
     sharpen_noise_gate : float
@@ -360,11 +361,12 @@ def fuse(
     refine : bool
         Apply the learned refinement network (:func:`mfsr.refine.refine_image`)
         after the fusion (default); ``FusionResult.refinement`` then holds
-        what it changed. On held-out photos it gains about +1 dB at scale 2
-        and +0.23 dB at scale 1 (Bayer; every photo gains), see
-        benchmarks/RESULTS.md. Its strength is calibrated per mode and scale
-        so that no validation burst loses more than 0.1 dB; for grey frames
-        at scale 1 that switches it off. The network is trained for scales
+        what it changed. On held-out photos it gains +1.05 to +1.6 dB at
+        scale 2 and +0.33 dB at scale 1 (Bayer; every photo gains), +0.80 dB
+        at scale 1 when ``psf_sigma`` is given, see benchmarks/RESULTS.md.
+        Its strength is calibrated per mode and scale so that no validation
+        burst loses more than 0.1 dB; for grey frames at scale 1 without
+        ``psf_sigma`` that switches it off. The network is trained for scales
         :data:`mfsr.refine.SCALE_RANGE`; outside them the fusion is returned
         unrefined, with a warning. ``refine=False`` gives the pure kernel
         fusion.

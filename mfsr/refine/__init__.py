@@ -2,12 +2,14 @@
 
 A compact residual CNN (:class:`RefineNet`) corrects what the kernel fusion
 leaves (residual blur from pixel integration and optics, aliasing, noise),
-given the fused image, its confidence and the noise model. Weights ship inside
+given the fused image, its confidence, the noise model and, when the user
+knows it, the optical blur (``psf_sigma``). Weights ship inside
 the package (``weights/``, with a manifest holding their SHA-256 and the
 training configuration) and are trained by ``python -m mfsr.refine.train``;
 ``python -m mfsr.refine.calibrate`` then fits, on validation bursts of the
 training photographs, how much of the network's residual to apply per mode
-and scale (``refine_image(..., strength=None)`` uses it).
+and scale, blind and with the blur known (``refine_image(..., strength=None)``
+uses it).
 
 :func:`mfsr.fuse` applies it by default (``refine=True``) at scales in
 :data:`SCALE_RANGE`.

@@ -44,7 +44,7 @@ Two phases, and an optional third:
    held-out Bayer gains (to +0.40 dB at scale 1 and +1.19 at scale 2 with
    two filters) but lost 2.9 to 3.6 dB against the plain fusion on the
    real-sensor Bayer check (``tests/test_realdata_camera.py``, openISP),
-   where the shared network loses 0.12 (benchmarks/RESULTS.md).
+   where the shared network loses at most 0.22 (benchmarks/RESULTS.md).
 
 Outputs in ``DIR``: ``refiner.pt`` (and ``refiner_cfa.pt`` after phase 3), ``manifest.json`` (SHA-256,
 architecture, the full training configuration, duration, final losses),
@@ -512,7 +512,7 @@ def _save_weights(net: RefineNet, path: Path) -> dict:
     """Write a state_dict and return its manifest ``files`` entry."""
     state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
     torch.save(state, path)
-    arch = {"channels": net.channels, "blocks": net.blocks}
+    arch = {"channels": net.channels, "blocks": net.blocks, "n_globals": net.n_globals}
     if net.filters:
         arch.update(filters=net.filters, filter_size=net.filter_size)
     return {
@@ -537,7 +537,7 @@ def _cache_summary(cache: list[Example], fuse_total: float, seconds: float) -> d
 def train(
     out: Path,
     *,
-    minutes: float = 45.0,
+    minutes: float = 60.0,
     seed: int = 0,
     bursts: int = 1500,
     val_bursts: int = 24,
@@ -700,7 +700,7 @@ def train(
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Train the mfsr refinement network (CPU, about an hour).")
     parser.add_argument("--out", required=True, type=Path, help="output folder for weights, manifest, curves")
-    parser.add_argument("--minutes", type=float, default=45.0, help="training-phase budget (after the cache)")
+    parser.add_argument("--minutes", type=float, default=60.0, help="training-phase budget (after the cache)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bursts", type=int, default=1500, help="simulated and fused bursts in the cache")
     parser.add_argument("--steps", type=int, default=None, help="fixed step count instead of the time budget")
