@@ -406,7 +406,7 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     # each stage validates on its own bursts (all modes, then Bayer only): two curves
     series = {
         "train objective (dB gain)": (*column("train_gain_db"), (31, 119, 180)),
-        "validation PSNR gain (dB)": (*val_gain("shared"), (214, 39, 40)),
+        "validation PSNR gain, blind (dB)": (*val_gain("shared"), (214, 39, 40)),
         "Bayer stage: Bayer validation": (*val_gain("cfa"), (255, 127, 14)),
     }
     xs = [x for s in series.values() for x in s[0]]
@@ -437,6 +437,7 @@ def plot_curves(rows: list[dict], path: Path) -> None:
         d.text((xx - 10, H - m + 6), f"{int(xv)}", fill="black")
     d.text((W // 2 - 20, H - 24), "step", fill="black")
     d.text((m, 16), "dB (higher is better); refined against fused", fill="black")
+    series = {label: v for label, v in series.items() if v[0]}  # no legend for a stage that did not run
     for i, (label, (sx, sy, col)) in enumerate(series.items()):
         pts = [px(x, y) for x, y in zip(sx, sy) if math.isfinite(y)]
         if len(pts) > 1:
