@@ -88,10 +88,7 @@ def calibrate(folder: Path, *, bursts: int = 12, seed: int = 20_000, log=print) 
             for i in range(bursts):
                 cfg, _, burst = _draw_burst(rng, pool, mode=mode, scale=scale)
                 ex = make_example(burst, cfg)
-                fused = ex.planes[0] if ex.grey else np.moveaxis(ex.planes[:3], 0, 2)
-                truth = ex.truth[0] if ex.grey else np.moveaxis(ex.truth, 0, 2)
-                conf_ref = float(np.expm1(2.0 * ex.globals_[3]))
-                conf = np.expm1(ex.planes[3]) * conf_ref
+                fused, conf, truth = ex.images()
                 p0 = psnr(fused, truth, crop=8)
                 for key, psf in (("strength", None), ("strength_known_psf", cfg["blur_sigma"] / scale)):
                     out = refine_image(fused, conf, cfa=mode == "cfa", scale=scale, noise=ex.info["noise_est"],

@@ -101,6 +101,20 @@ class Example:
     grey: bool
     info: dict
 
+    def images(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fused image, confidence and truth as :func:`mfsr.refine.refine_image` takes them.
+
+        Images are (H, W) for grey examples, (H, W, 3) otherwise. The
+        confidence is rebuilt from its plane and the global reference level,
+        so it is clipped at 16 times that level, which changes nothing the
+        network sees.
+        """
+        conf_ref = math.expm1(2.0 * float(self.globals_[3]))
+        conf = np.expm1(self.planes[3]) * conf_ref
+        if self.grey:
+            return self.planes[0], conf, self.truth[0]
+        return np.moveaxis(self.planes[:3], 0, 2), conf, np.moveaxis(self.truth, 0, 2)
+
 
 def _extra_photo(package: str, relpath: str, factor: int) -> np.ndarray:
     """One :data:`TRAIN_EXTRA_PHOTOS` file as linear-light float32, area-downsampled."""
@@ -360,11 +374,7 @@ def evaluate(net: RefineNet, examples: list[Example]) -> dict:
 
     l1_f, l1_r, p_f, p_r = [], [], [], []
     for ex in examples:
-        fused = ex.planes[:3]
-        conf_ref = math.expm1(2.0 * float(ex.globals_[3]))
-        conf = np.expm1(ex.planes[3]) * conf_ref
-        img = fused[0] if ex.grey else np.moveaxis(fused, 0, 2)
-        truth = ex.truth[0] if ex.grey else np.moveaxis(ex.truth, 0, 2)
+        img, conf, truth = ex.images()
         out = refine_image(
             img, conf, cfa=bool(ex.globals_[0] > 0.5), scale=ex.info["scale"],
             noise=ex.info["noise_est"], weights=net,
