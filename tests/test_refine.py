@@ -283,6 +283,28 @@ def test_one_training_step_reduces_loss_on_toy_batch(bf16):
         assert float(loss_fn(net, planes, gl, truth, grey, bf16=bf16)) < before
 
 
+def test_loss_weighs_harmed_examples_by_one_plus_harm_weight():
+    from mfsr.refine.train import MSE_FLOOR, loss_fn
+
+    net = _random_net(1)
+    rng = np.random.default_rng(6)
+    planes = torch.from_numpy(rng.random((3, 5, 16, 16), dtype=np.float32))
+    gl = torch.zeros(3, N_GLOBAL_FEATURES)
+    grey = torch.tensor([False, False, False])
+    with torch.no_grad():
+        resid = net(planes, gl)
+        # example 0: already perfect (harmed); 1: offset; 2: mostly the network's own residual (helped)
+        truth = planes[:, :3] + torch.tensor([0.0, 0.02, 0.0])[:, None, None, None]
+        truth[2] += 0.8 * resid[2]
+        out = (planes[:, :3] + resid).numpy()
+        losses = {w: float(loss_fn(net, planes, gl, truth, grey, harm_weight=w)) for w in (0.0, 1.0, 4.0)}
+    fused, t = planes[:, :3].numpy().astype(np.float64), truth.numpy().astype(np.float64)
+    ratio = np.log((((out - t) ** 2).mean(axis=(1, 2, 3)) + MSE_FLOOR) / (((fused - t) ** 2).mean(axis=(1, 2, 3)) + MSE_FLOOR))
+    assert (ratio > 0).any() and (ratio < 0).any()  # harmed and helped examples both
+    for w, got in losses.items():
+        assert got == pytest.approx(np.mean(ratio + w * np.maximum(ratio, 0)), rel=1e-4, abs=1e-6)
+
+
 def test_strength_zero_returns_fusion_and_one_is_raw():
     net = _random_net(6)
     img, conf = _inputs((32, 36, 3), seed=6)

@@ -341,7 +341,8 @@ MSE_FLOOR = 1e-6
 HARM_WEIGHT = 1.0
 
 
-def loss_fn(net: RefineNet, planes, gl, truth, grey, *, bf16: bool = False) -> torch.Tensor:
+def loss_fn(net: RefineNet, planes, gl, truth, grey, *, bf16: bool = False,
+            harm_weight: float = HARM_WEIGHT) -> torch.Tensor:
     """Mean log MSE ratio (refined over fused), plus a penalty on harm.
 
     ``log(mse_refined / mse_fused)`` is, up to the factor ``-10 / ln 10``,
@@ -350,7 +351,7 @@ def loss_fn(net: RefineNet, planes, gl, truth, grey, *, bf16: bool = False) -> t
     its *relative* improvement: a plain L1 or L2 is dominated by the hardest
     examples (strong noise, scale 4), and a first run trained with L1
     sharpened clean scale-1 bursts and lost up to 4 dB on them. Examples the
-    network makes worse count ``1 + HARM_WEIGHT`` times (fidelity first: the
+    network makes worse count ``1 + harm_weight`` times (fidelity first: the
     refinement must not lose on any image). Grey examples are scored on the
     channel mean, as inferred. ``bf16`` runs the network under bfloat16
     autocast (the residual is added and scored in float32).
@@ -365,7 +366,7 @@ def loss_fn(net: RefineNet, planes, gl, truth, grey, *, bf16: bool = False) -> t
     mse_f = (fused - truth).square().mean(dim=(1, 2, 3)) + MSE_FLOOR
     mse_r = (out - truth).square().mean(dim=(1, 2, 3)) + MSE_FLOOR
     log_ratio = torch.log(mse_r / mse_f)
-    return (log_ratio + HARM_WEIGHT * F.relu(log_ratio)).mean()
+    return (log_ratio + harm_weight * F.relu(log_ratio)).mean()
 
 
 def evaluate(net: RefineNet, examples: list[Example]) -> dict:
@@ -468,7 +469,7 @@ CSV_FIELDS = ["stage", "step", "elapsed_s", "lr", "train_gain_db", "val_l1_fused
 
 def _fit(net: RefineNet, cache: list[Example], val: list[Example], *, stage: str, seconds: float,
          steps: int | None, lr: float, rng, bf16: bool, writer, csv_file, step0: int, eval_every_s: float,
-         checkpoint: Path, log) -> tuple[list[dict], int, dict, float]:
+         checkpoint: Path, log, harm_weight: float = HARM_WEIGHT) -> tuple[list[dict], int, dict, float]:
     """One training stage: Adam with cosine decay over ``seconds`` (or ``steps``).
 
     Returns the logged rows, the number of steps done, the final validation
@@ -490,7 +491,7 @@ def _fit(net: RefineNet, cache: list[Example], val: list[Example], *, stage: str
         planes, gl, truth, grey = _batch(rng, cache, BATCH, PATCH)
         planes = planes.contiguous(memory_format=torch.channels_last)
         net.train()
-        loss = loss_fn(net, planes, gl, truth, grey, bf16=bf16)
+        loss = loss_fn(net, planes, gl, truth, grey, bf16=bf16, harm_weight=harm_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -563,6 +564,7 @@ def train(
     lr: float = 1e-3,
     eval_every_s: float = 300.0,
     precision: str = "bf16",
+    harm_weight: float = HARM_WEIGHT,
     log=print,
 ) -> dict:
     """Build the caches, train, and write weights, manifest and curves to ``out``.
@@ -630,7 +632,7 @@ def train(
             r, n, final, t_train = _fit(
                 net, cache, val, stage="shared", seconds=minutes * 60.0, steps=steps, lr=lr,
                 rng=np.random.default_rng(seed + 1), bf16=bf16, writer=writer, csv_file=fcsv, step0=0,
-                eval_every_s=eval_every_s, checkpoint=out / "refiner_partial.pt", log=log)
+                eval_every_s=eval_every_s, checkpoint=out / "refiner_partial.pt", log=log, harm_weight=harm_weight)
             rows += r
             step_total += n
             log(f"shared stage: {n} steps in {t_train:.0f} s; final {final}")
@@ -654,7 +656,8 @@ def train(
             r, n, final, t_train = _fit(
                 net, cache, val_cfa, stage="cfa", seconds=cfa_minutes * 60.0, steps=cfa_steps, lr=CFA_LR,
                 rng=np.random.default_rng(seed + CFA_SEED_OFFSET + 1), bf16=bf16, writer=writer,
-                csv_file=fcsv, step0=step_total, eval_every_s=eval_every_s, checkpoint=out / "refiner_cfa_partial.pt", log=log)
+                csv_file=fcsv, step0=step_total, eval_every_s=eval_every_s, checkpoint=out / "refiner_cfa_partial.pt", log=log,
+                harm_weight=harm_weight)
             rows += r
             log(f"Bayer stage: {n} steps in {t_train:.0f} s; final (Bayer validation bursts) {final}")
             stages["cfa"] = dict(_cache_summary(cache, fuse_total, t_cache), steps=n, minutes_budget=cfa_minutes,
@@ -690,7 +693,7 @@ def train(
                             "10^U(-5, -2); beta 0 (25%) or 10^U(-7, -3); fuse() defaults (sharpening on), "
                             "noise model estimated by fuse",
             "fusion_params": "mfsr.fusion.FusionParams() defaults (sharpen_amount=0.6)",
-            "loss": f"mean log(MSE refined / MSE fused) (+{MSE_FLOOR:g} each) + {HARM_WEIGHT:g} x its positive part, "
+            "loss": f"mean log(MSE refined / MSE fused) (+{MSE_FLOOR:g} each) + {harm_weight:g} x its positive part, "
                     "linear light",
             "optimizer": "Adam, cosine decay to 1e-5 over each stage's budget (learning rates per stage)",
             "precision": precision + (" autocast, float32 weights" if bf16 else ""),
@@ -729,11 +732,14 @@ def main(argv=None) -> None:
     parser.add_argument("--blocks", type=int, default=4)
     parser.add_argument("--precision", choices=PRECISIONS, default="bf16",
                         help="bf16: bfloat16 autocast, about 1.5x the steps of fp32 on CPUs with bf16 units")
+    parser.add_argument("--harm-weight", type=float, default=HARM_WEIGHT,
+                        help="extra loss weight on examples the network makes worse")
     args = parser.parse_args(argv)
     train(args.out, minutes=args.minutes, seed=args.seed, bursts=args.bursts, steps=args.steps,
           cfa_minutes=args.cfa_minutes, cfa_bursts=args.cfa_bursts, cfa_steps=args.cfa_steps,
           cfa_filters=args.cfa_filters, init=args.init,
           channels=args.channels, blocks=args.blocks, lr=args.lr, precision=args.precision,
+          harm_weight=args.harm_weight,
           log=lambda *a: print(*a, flush=True))
 
 
