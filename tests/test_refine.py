@@ -521,6 +521,28 @@ def test_calibration_uses_each_modes_weights(toy_run, tmp_path, monkeypatch):
     assert {n: sha256_file(tmp_path / n) for n in hashes} == hashes
 
 
+def test_more_calibration_bursts_add_to_the_same_ones(toy_run, tmp_path, monkeypatch):
+    from mfsr.refine import calibrate as cal
+
+    shutil.copytree(toy_run[0], tmp_path, dirs_exist_ok=True)
+    drawn = []
+    original = cal._draw_burst
+
+    def spy(rng, pool, mode=None, scale=None):
+        cfg, scene, burst = original(rng, pool, mode=mode, scale=scale)
+        drawn.append((mode, scale, cfg["seed"]))
+        return cfg, scene, burst
+
+    monkeypatch.setattr(cal, "_draw_burst", spy)
+    monkeypatch.setattr(cal, "SCALES", (1.0, 2.0))
+    cal.calibrate(tmp_path, bursts=1, log=lambda *a: None)
+    one, drawn[:] = list(drawn), []
+    cal.calibrate(tmp_path, bursts=2, log=lambda *a: None)
+    # every (mode, scale) bin starts with the burst it had before, then adds one
+    assert drawn[0::2] == one and len(drawn) == 2 * len(one) == 2 * len(MODES) * 2
+    assert len({s for *_, s in drawn}) == len(drawn)
+
+
 def test_weight_folder_picks_each_modes_file(tmp_path):
     a, b = _random_net(1), _random_net(2)
     torch.save(a.state_dict(), tmp_path / "a.pt")
