@@ -574,3 +574,15 @@ def test_calibration_prefers_safety_over_the_mean():
     assert choose_strength(np.tile(-a, (2, 1))) == 0
     # nothing harmed: the highest mean wins
     assert a[choose_strength(np.tile(a, (2, 1)))] == 1.0
+
+
+def test_calibration_gain_ignores_changes_far_below_the_loss_floor():
+    from mfsr.refine.calibrate import floored_gain_db
+    from mfsr.refine.train import MSE_FLOOR
+
+    # ordinary errors: the plain PSNR gain
+    assert floored_gain_db(1e-3, 2e-3) == pytest.approx(10 * np.log10(2.0), abs=0.01)
+    # 73.5 dB -> 70.7 dB: almost no loss once both are floored at 60 dB, not -2.8 dB
+    assert floored_gain_db(10**-7.07, 10**-7.35) == pytest.approx(
+        10 * np.log10((10**-7.35 + MSE_FLOOR) / (10**-7.07 + MSE_FLOOR)))
+    assert -0.2 < floored_gain_db(10**-7.07, 10**-7.35) < 0.0
