@@ -487,8 +487,12 @@ def test_tiny_training_run_writes_loadable_weights(toy_run, tmp_path):
     assert out.shape == img.shape and np.isfinite(out).all()
     # the Bayer stage alone, from the shared weights
     again = train(tmp_path / "ft", init=run / "refiner.pt", minutes=0, val_bursts=1, cfa_bursts=2,
-                  cfa_steps=1, channels=4, blocks=1, log=lambda *a: None)
+                  cfa_steps=1, channels=4, blocks=1, harm_weight=10.0, log=lambda *a: None)
     assert "shared" not in again["training"]["stages"]
+    # the loss that was used is recorded, and the command that reproduces it
+    assert "10 x its positive part" in again["training"]["loss"]
+    assert "--harm-weight 10" in again["training"]["command"]
+    assert "--harm-weight" not in manifest["training"]["command"]
     assert again["training"]["init"]["sha256"] == sha256_file(run / "refiner.pt")
     assert again["training"]["init"]["manifest_training"]["stages"]["shared"]["steps"] == 3
     with pytest.raises(ValueError, match="minutes"):

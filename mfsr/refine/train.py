@@ -669,7 +669,8 @@ def train(
                f"--cfa-minutes {cfa_minutes} --cfa-bursts {cfa_bursts} --precision {precision}"
                + (f" --steps {steps}" if steps else "") + (f" --cfa-steps {cfa_steps}" if cfa_steps else "")
                + (f" --cfa-filters {cfa_filters}" if cfa_filters else "")
-               + (f" --init {init}" if init is not None else "") + (f" --lr {lr:g}" if lr != 1e-3 else ""))
+               + (f" --init {init}" if init is not None else "") + (f" --lr {lr:g}" if lr != 1e-3 else "")
+               + (f" --harm-weight {harm_weight:g}" if harm_weight != HARM_WEIGHT else ""))
     manifest = {
         "format": 1,
         "modes": {m: ("refiner_cfa.pt" if m == "cfa" and run_cfa else "refiner.pt") for m in MODES},
