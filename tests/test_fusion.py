@@ -240,8 +240,8 @@ def test_refine_adds_the_network_correction_and_reports_it():
 
 
 def test_shipped_refinement_improves_a_held_out_photo_and_uses_a_given_blur():
-    """Quality guard on the shipped weights (held-out photo, 128 px crop; measured 2026-11-27:
-    Bayer x2 30.09 -> 32.23 dB; grey x1 with a sharp lens 38.98 blind (refinement off) -> 46.43 dB told)."""
+    """Quality guard on the shipped weights (held-out photo, 128 px crop; measured 2026-11-27, afternoon:
+    Bayer x2 30.09 -> 32.21 dB; grey x1 with a sharp lens 38.98 blind (refinement off) -> 44.02 dB told)."""
     from mfsr.metrics import psnr
     from mfsr.synth import sample_image, simulate_burst
 
