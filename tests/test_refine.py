@@ -493,6 +493,17 @@ def test_tiny_training_run_writes_loadable_weights(toy_run, tmp_path):
     assert "10 x its positive part" in again["training"]["loss"]
     assert "--harm-weight 10" in again["training"]["command"]
     assert "--harm-weight" not in manifest["training"]["command"]
+    # a fine-tune kept for Bayer fusions only: grey and RGB keep the init file, byte for byte
+    cfa = train(tmp_path / "cfa", init=run / "refiner.pt", steps=1, bursts=2, val_bursts=1, channels=4, blocks=1,
+                cfa_only=True, log=lambda *a: None)
+    assert cfa["modes"] == {"grey": "refiner.pt", "rgb": "refiner.pt", "cfa": "refiner_cfa.pt"}
+    assert sha256_file(tmp_path / "cfa" / "refiner.pt") == sha256_file(run / "refiner.pt")
+    assert cfa["files"]["refiner.pt"]["sha256"] == sha256_file(run / "refiner.pt")
+    assert "--cfa-only" in cfa["training"]["command"]
+    assert not torch.equal(load_refiner("cfa", tmp_path / "cfa").tail.weight,
+                           load_refiner("grey", tmp_path / "cfa").tail.weight)
+    with pytest.raises(ValueError, match="cfa_only"):
+        train(tmp_path / "bad", steps=1, cfa_only=True, log=lambda *a: None)
     assert again["training"]["init"]["sha256"] == sha256_file(run / "refiner.pt")
     assert again["training"]["init"]["manifest_training"]["stages"]["shared"]["steps"] == 3
     with pytest.raises(ValueError, match="minutes"):

@@ -66,6 +66,7 @@ import csv
 import json
 import math
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +80,7 @@ from ..metrics import psnr, ssim
 from ..synth import dead_leaves, sample_image, simulate_burst
 from ..transfer import REC709_LUMA, srgb_to_linear
 from ._features import PSF_FEATURE_MAX, confidence_reference, global_features, pixel_features
-from ._network import RefineNet, widen_globals
+from ._network import RefineNet, n_globals_of, widen_globals
 from ._weights import MODES, sha256_file
 from .heldout import HELDOUT_IMAGES, TRAIN_DEAD_LEAVES_SEEDS, TRAIN_EXTRA_PHOTOS, TRAIN_IMAGES
 
@@ -528,6 +529,11 @@ def _save_weights(net: RefineNet, path: Path) -> dict:
     """Write a state_dict and return its manifest ``files`` entry."""
     state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
     torch.save(state, path)
+    return _weights_entry(net, path)
+
+
+def _weights_entry(net: RefineNet, path: Path) -> dict:
+    """Manifest ``files`` entry of the weight file ``path`` holding ``net``."""
     arch = {"channels": net.channels, "blocks": net.blocks, "n_globals": net.n_globals}
     if net.filters:
         arch.update(filters=net.filters, filter_size=net.filter_size)
@@ -569,6 +575,7 @@ def train(
     eval_every_s: float = 300.0,
     precision: str = "bf16",
     harm_weight: float = HARM_WEIGHT,
+    cfa_only: bool = False,
     log=print,
 ) -> dict:
     """Build the caches, train, and write weights, manifest and curves to ``out``.
@@ -589,6 +596,12 @@ def train(
     (the init file's manifest, if beside it, is recorded as the shared
     stage's provenance).
 
+    ``cfa_only`` (needs ``init``, not with the Bayer stage) keeps the
+    trained network for Bayer fusions only (``refiner_cfa.pt``); grey and RGB
+    fusions keep the ``init`` network, written beside it as ``refiner.pt``.
+    The shipped weights were made so: a fine-tune with ``harm_weight=10``
+    raised the calibrated Bayer strength but lowered the grey one.
+
     ``precision="bf16"`` trains under bfloat16 autocast (float32 weights and
     optimiser): on CPUs with bfloat16 units (AVX512-BF16, AMX) a step takes
     about two thirds of the time, so the time budget does more steps; 2,500
@@ -598,6 +611,8 @@ def train(
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
     if init is None and minutes <= 0 and not steps:
         raise ValueError("minutes: the shared stage needs a positive budget (or steps) unless init is given")
+    if cfa_only and (init is None or cfa_minutes > 0 or cfa_steps):
+        raise ValueError("cfa_only: needs init (the network grey and RGB keep) and no Bayer stage (cfa_minutes)")
     bf16 = precision == "bf16"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -644,7 +659,16 @@ def train(
                                     lr=lr, train_seconds=round(t_train, 1), final_validation=final,
                                     final_train_gain_db=r[-1]["train_gain_db"])
             del cache
-        files["refiner.pt"] = _save_weights(net, out / "refiner.pt")
+        if cfa_only:
+            # the init file itself, byte for byte, so its hash stays the one it was shipped with
+            shutil.copyfile(init, out / "refiner.pt")
+            state = torch.load(init, map_location="cpu", weights_only=True)
+            base = RefineNet(channels, blocks, n_globals=n_globals_of(state))
+            base.load_state_dict(state)
+            files["refiner.pt"] = _weights_entry(base, out / "refiner.pt")
+            files["refiner_cfa.pt"] = _save_weights(net, out / "refiner_cfa.pt")
+        else:
+            files["refiner.pt"] = _save_weights(net, out / "refiner.pt")
         if run_cfa:
             t0 = time.time()
             cache, fuse_total = build_cache(cfa_bursts, seed + CFA_SEED_OFFSET, log, mode="cfa")
@@ -674,10 +698,11 @@ def train(
                + (f" --steps {steps}" if steps else "") + (f" --cfa-steps {cfa_steps}" if cfa_steps else "")
                + (f" --cfa-filters {cfa_filters}" if cfa_filters else "")
                + (f" --init {init}" if init is not None else "") + (f" --lr {lr:g}" if lr != 1e-3 else "")
-               + (f" --harm-weight {harm_weight:g}" if harm_weight != HARM_WEIGHT else ""))
+               + (f" --harm-weight {harm_weight:g}" if harm_weight != HARM_WEIGHT else "")
+               + (" --cfa-only" if cfa_only else ""))
     manifest = {
         "format": 1,
-        "modes": {m: ("refiner_cfa.pt" if m == "cfa" and run_cfa else "refiner.pt") for m in MODES},
+        "modes": {m: ("refiner_cfa.pt" if m == "cfa" and (run_cfa or cfa_only) else "refiner.pt") for m in MODES},
         "files": files,
         "training": {
             "command": command,
@@ -740,12 +765,15 @@ def main(argv=None) -> None:
     parser.add_argument("--harm-weight", type=float, default=HARM_WEIGHT,
                         help="extra loss weight on examples the network makes worse (10 suits a fine-tune "
                              "with --init; from scratch it keeps the network at the identity)")
+    parser.add_argument("--cfa-only", action="store_true",
+                        help="the trained network serves Bayer fusions only (refiner_cfa.pt); grey and RGB keep "
+                             "the --init network (written as refiner.pt)")
     args = parser.parse_args(argv)
     train(args.out, minutes=args.minutes, seed=args.seed, bursts=args.bursts, steps=args.steps,
           cfa_minutes=args.cfa_minutes, cfa_bursts=args.cfa_bursts, cfa_steps=args.cfa_steps,
           cfa_filters=args.cfa_filters, init=args.init,
           channels=args.channels, blocks=args.blocks, lr=args.lr, precision=args.precision,
-          harm_weight=args.harm_weight,
+          harm_weight=args.harm_weight, cfa_only=args.cfa_only,
           log=lambda *a: print(*a, flush=True))
 
 
