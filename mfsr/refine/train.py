@@ -632,7 +632,8 @@ def train(
     if init is not None:
         init = Path(init)
         # a network from before the optical blur became an input starts with zero weights on it
-        net.load_state_dict(widen_globals(torch.load(init, map_location="cpu", weights_only=True)))
+        init_state = torch.load(init, map_location="cpu", weights_only=True)
+        net.load_state_dict(widen_globals(init_state))
         init_info = {"file": str(init), "sha256": sha256_file(init)}
         beside = init.parent / "manifest.json"
         if beside.is_file():
@@ -670,9 +671,8 @@ def train(
         if cfa_only:
             # the init file itself, byte for byte, so its hash stays the one it was shipped with
             shutil.copyfile(init, out / "refiner.pt")
-            state = torch.load(init, map_location="cpu", weights_only=True)
-            base = RefineNet(channels, blocks, n_globals=n_globals_of(state))
-            base.load_state_dict(state)
+            base = RefineNet(channels, blocks, n_globals=n_globals_of(init_state))
+            base.load_state_dict(init_state)
             files["refiner.pt"] = _weights_entry(base, out / "refiner.pt")
             files["refiner_cfa.pt"] = _save_weights(net, out / "refiner_cfa.pt")
         else:
