@@ -180,6 +180,7 @@ def refine_image(
         raise ValueError(f"noise: alpha and beta must be finite and >= 0, got {noise!r}")
     if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 2:
         raise ValueError(f"tile: expected an integer >= 2, got {tile!r}")
+    psf_sigma = check_psf_sigma(psf_sigma)
     grey = img.ndim == 2
     if cfa and grey:
         raise ValueError("cfa: a CFA fusion gives an RGB image, got a grey (H, W) image")
@@ -188,7 +189,6 @@ def refine_image(
         net = weights
     else:
         net = load_refiner(mode, weights)
-    psf_sigma = check_psf_sigma(psf_sigma)
     if strength is None:
         strength = 1.0 if isinstance(weights, RefineNet) else refiner_strength(
             mode, scale, weights, psf_known=psf_sigma is not None)
