@@ -510,6 +510,39 @@ def test_tiny_training_run_writes_loadable_weights(toy_run, tmp_path):
         train(tmp_path / "none", minutes=0, log=lambda *a: None)
 
 
+def test_bayer_stage_on_every_mode_with_its_own_harm_weight(toy_run, tmp_path, monkeypatch):
+    """The one-run recipe: the Bayer stage trains on fresh bursts of every mode, harm-weighted."""
+    from mfsr.refine import train as train_mod
+
+    seen = {}
+    fit = train_mod._fit
+
+    def spy(*args, **kwargs):
+        seen[kwargs["stage"]] = (kwargs["harm_weight"], {ex.info["mode"] for ex in args[1]})
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_fit", spy)
+    run = toy_run[0]
+    out = train_mod.train(tmp_path / "one", steps=1, bursts=2, val_bursts=1, cfa_steps=1, cfa_bursts=8,
+                          channels=4, blocks=1, cfa_data="all", cfa_harm_weight=10.0, log=lambda *a: None)
+    assert seen["shared"][0] == 1.0 and seen["cfa"][0] == 10.0
+    assert len(seen["cfa"][1]) > 1  # not Bayer bursts only
+    stage = out["training"]["stages"]["cfa"]
+    assert (stage["data"], stage["harm_weight"]) == ("all", 10.0)
+    assert sum(stage["bursts_by_mode"].values()) == 8 and stage["bursts_by_mode"]["cfa"] < 8
+    assert "--cfa-data all --cfa-harm-weight 10" in out["training"]["command"]
+    assert "Bayer stage: 10 x" in out["training"]["loss"]
+    assert out["modes"]["cfa"] == "refiner_cfa.pt" and out["modes"]["grey"] == "refiner.pt"
+    # without its own weight the stage takes the shared one; the default data stay Bayer only
+    seen.clear()
+    plain = train_mod.train(tmp_path / "plain", init=run / "refiner.pt", minutes=0, val_bursts=1, cfa_bursts=2,
+                            cfa_steps=1, channels=4, blocks=1, harm_weight=3.0, log=lambda *a: None)
+    assert seen["cfa"] == (3.0, {"cfa"})
+    assert "--cfa-data" not in plain["training"]["command"] and "--cfa-harm-weight" not in plain["training"]["command"]
+    with pytest.raises(ValueError, match="cfa_data"):
+        train_mod.train(tmp_path / "bad", steps=1, cfa_data="grey", log=lambda *a: None)
+
+
 def test_calibration_uses_each_modes_weights(toy_run, tmp_path, monkeypatch):
     from mfsr.refine import _inference
     from mfsr.refine.calibrate import SCALES, calibrate

@@ -476,6 +476,8 @@ def plot_curves(rows: list[dict], path: Path) -> None:
 CFA_LR = 3e-4
 #: Seed offset of the Bayer fine-tuning cache (its bursts differ from the shared cache's).
 CFA_SEED_OFFSET = 20_000
+#: What the Bayer stage trains on: Bayer bursts only, or bursts of every mode.
+CFA_DATA = ("cfa", "all")
 CSV_FIELDS = ["stage", "step", "elapsed_s", "lr", "train_gain_db", "val_l1_fused", "val_l1_refined",
               "val_psnr_fused", "val_psnr_refined"]
 
@@ -584,6 +586,8 @@ def train(
     precision: str = "bf16",
     harm_weight: float = HARM_WEIGHT,
     cfa_only: bool = False,
+    cfa_data: str = "cfa",
+    cfa_harm_weight: float | None = None,
     log=print,
 ) -> dict:
     """Build the caches, train, and write weights, manifest and curves to ``out``.
@@ -604,11 +608,16 @@ def train(
     (the init file's manifest, if beside it, is recorded as the shared
     stage's provenance).
 
+    ``cfa_data="all"`` trains the Bayer stage on fresh bursts of every mode
+    (:data:`MODE_SHARES`) instead of Bayer bursts only, and
+    ``cfa_harm_weight`` (default: ``harm_weight``) is its loss's harm weight:
+    with ``"all"`` and 10 the stage is the harm-weighted fine-tune that
+    makes the shipped Bayer network, in the same run as the shared stage.
+
     ``cfa_only`` (needs ``init``, not with the Bayer stage) keeps the
     trained network for Bayer fusions only (``refiner_cfa.pt``); grey and RGB
-    fusions keep the ``init`` network, written beside it as ``refiner.pt``.
-    The shipped weights were made so: a fine-tune with ``harm_weight=10``
-    raised the calibrated Bayer strength but lowered the grey one.
+    fusions keep the ``init`` network, written beside it as ``refiner.pt``:
+    the same Bayer fine-tune as a second run.
 
     ``precision="bf16"`` trains under bfloat16 autocast (float32 weights and
     optimiser): on CPUs with bfloat16 units (AVX512-BF16, AMX) a step takes
@@ -621,6 +630,10 @@ def train(
         raise ValueError("minutes: the shared stage needs a positive budget (or steps) unless init is given")
     if cfa_only and (init is None or cfa_minutes > 0 or cfa_steps):
         raise ValueError("cfa_only: needs init (the network grey and RGB keep) and no Bayer stage (cfa_minutes)")
+    if cfa_data not in CFA_DATA:
+        raise ValueError(f"cfa_data: expected one of {CFA_DATA}, got {cfa_data!r}")
+    if cfa_harm_weight is None:
+        cfa_harm_weight = harm_weight
     bf16 = precision == "bf16"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -679,7 +692,8 @@ def train(
             files["refiner.pt"] = _save_weights(net, out / "refiner.pt")
         if run_cfa:
             t0 = time.time()
-            cache, fuse_total = build_cache(cfa_bursts, seed + CFA_SEED_OFFSET, log, mode="cfa")
+            cache, fuse_total = build_cache(cfa_bursts, seed + CFA_SEED_OFFSET, log,
+                                            mode="cfa" if cfa_data == "cfa" else None)
             t_cache = time.time() - t0
             log(f"Bayer cache ready: {len(cache)} bursts in {t_cache:.0f} s")
             val_cfa = [ex for ex in val if ex.info["mode"] == "cfa"] or val
@@ -693,11 +707,11 @@ def train(
                 net, cache, val_cfa, stage="cfa", seconds=cfa_minutes * 60.0, steps=cfa_steps, lr=CFA_LR,
                 rng=np.random.default_rng(seed + CFA_SEED_OFFSET + 1), bf16=bf16, writer=writer,
                 csv_file=fcsv, step0=step_total, eval_every_s=eval_every_s, checkpoint=out / "refiner_cfa_partial.pt", log=log,
-                harm_weight=harm_weight)
+                harm_weight=cfa_harm_weight)
             rows += r
             log(f"Bayer stage: {n} steps in {t_train:.0f} s; final (Bayer validation bursts) {final}")
             stages["cfa"] = dict(_cache_summary(cache, fuse_total, t_cache), steps=n, minutes_budget=cfa_minutes,
-                                 lr=CFA_LR, train_seconds=round(t_train, 1), validation_bursts=len(val_cfa),
+                                 lr=CFA_LR, data=cfa_data, harm_weight=cfa_harm_weight, train_seconds=round(t_train, 1), validation_bursts=len(val_cfa),
                                  final_validation=final, final_train_gain_db=r[-1]["train_gain_db"])
             files["refiner_cfa.pt"] = _save_weights(net, out / "refiner_cfa.pt")
     plot_curves(rows, out / "training.png")
@@ -707,7 +721,9 @@ def train(
                + (f" --cfa-filters {cfa_filters}" if cfa_filters else "")
                + (f" --init {init}" if init is not None else "") + (f" --lr {lr:g}" if lr != 1e-3 else "")
                + (f" --harm-weight {harm_weight:g}" if harm_weight != HARM_WEIGHT else "")
-               + (" --cfa-only" if cfa_only else ""))
+               + (" --cfa-only" if cfa_only else "")
+               + (f" --cfa-data {cfa_data}" if cfa_data != "cfa" else "")
+               + (f" --cfa-harm-weight {cfa_harm_weight:g}" if cfa_harm_weight != harm_weight else ""))
     manifest = {
         "format": 1,
         "modes": {m: ("refiner_cfa.pt" if m == "cfa" and (run_cfa or cfa_only) else "refiner.pt") for m in MODES},
@@ -732,7 +748,8 @@ def train(
                             "noise model estimated by fuse",
             "fusion_params": "mfsr.fusion.FusionParams() defaults (sharpen_amount=0.6)",
             "loss": f"mean log(MSE refined / MSE fused) (+{MSE_FLOOR:g} each) + {harm_weight:g} x its positive part, "
-                    "linear light",
+                    "linear light" + (f"; Bayer stage: {cfa_harm_weight:g} x" if run_cfa and cfa_harm_weight != harm_weight
+                                      else ""),
             "optimizer": "Adam, cosine decay to 1e-5 over each stage's budget (learning rates per stage)",
             "precision": precision + (" autocast, float32 weights" if bf16 else ""),
             "mode_shares": dict(MODE_SHARES),
@@ -776,12 +793,17 @@ def main(argv=None) -> None:
     parser.add_argument("--cfa-only", action="store_true",
                         help="the trained network serves Bayer fusions only (refiner_cfa.pt); grey and RGB keep "
                              "the --init network (written as refiner.pt)")
+    parser.add_argument("--cfa-data", choices=CFA_DATA, default="cfa",
+                        help="bursts of the Bayer stage: Bayer only, or every mode (fresh bursts)")
+    parser.add_argument("--cfa-harm-weight", type=float, default=None,
+                        help="harm weight of the Bayer stage (default: --harm-weight)")
     args = parser.parse_args(argv)
     train(args.out, minutes=args.minutes, seed=args.seed, bursts=args.bursts, steps=args.steps,
           cfa_minutes=args.cfa_minutes, cfa_bursts=args.cfa_bursts, cfa_steps=args.cfa_steps,
           cfa_filters=args.cfa_filters, init=args.init,
           channels=args.channels, blocks=args.blocks, lr=args.lr, precision=args.precision,
-          harm_weight=args.harm_weight, cfa_only=args.cfa_only,
+          harm_weight=args.harm_weight, cfa_only=args.cfa_only, cfa_data=args.cfa_data,
+          cfa_harm_weight=args.cfa_harm_weight,
           log=lambda *a: print(*a, flush=True))
 
 
