@@ -38,7 +38,8 @@ Two phases, and an optional third:
    a network trained before that input existed widens it with zero weights.
 3. **Bayer fine-tuning** (optional, ``--cfa-minutes`` > 0; off by default):
    a copy of the shared network trained on ``--cfa-bursts`` Bayer bursts only
-   (a cache of their own), learning rate :data:`CFA_LR` with cosine decay,
+   (``--cfa-data all``: fresh bursts of every mode; ``--cfa-harm-weight``: its
+   own harm weight) in a cache of their own, learning rate :data:`CFA_LR` with cosine decay,
    optionally with a gated linear filter bank (``--cfa-filters``); it then
    serves Bayer fusions (``refiner_cfa.pt``). Not shipped: it raised the
    held-out Bayer gains (to +0.40 dB at scale 1 and +1.19 at scale 2 with
@@ -61,6 +62,11 @@ fresh bursts that harms its worst validation bursts less and serves Bayer
 fusions (validation Bayer x1 strength 0.7 instead of 0.5; held-out blind Bayer
 x1 +0.43 dB instead of +0.33). It served grey fusions worse (grey x1 strength
 with the blur given 0.3 instead of 0.5), hence Bayer only.
+The same layout in one run, ``--minutes 48 --bursts 1500 --seed 0 --cfa-minutes
+12 --cfa-bursts 1000 --cfa-data all --cfa-harm-weight 10`` (64 min on the dev
+VM), made weaker networks: 59,231 shared steps against 95,225, and on the
+training photographs under bench conditions blind Bayer x1 +0.48 dB against
++0.78 for the shipped pair (benchmarks/RESULTS.md).
 
 Reproducibility: all randomness comes from ``--seed``; the number of steps
 done in ``--minutes`` depends on the machine, so ``--steps`` and
