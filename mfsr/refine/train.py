@@ -617,8 +617,10 @@ def train(
     ``cfa_data="all"`` trains the Bayer stage on fresh bursts of every mode
     (:data:`MODE_SHARES`) instead of Bayer bursts only, and
     ``cfa_harm_weight`` (default: ``harm_weight``) is its loss's harm weight:
-    with ``"all"`` and 10 the stage is the harm-weighted fine-tune that
-    makes the shipped Bayer network, in the same run as the shared stage.
+    with ``"all"`` and 10 the stage is the kind of fine-tune that made the
+    shipped Bayer network, in the same run as the shared stage (at 48 + 12
+    minutes it made weaker networks than the shipped two runs; module
+    docstring).
 
     ``cfa_only`` (needs ``init``, not with the Bayer stage) keeps the
     trained network for Bayer fusions only (``refiner_cfa.pt``); grey and RGB
@@ -717,7 +719,8 @@ def train(
             rows += r
             log(f"Bayer stage: {n} steps in {t_train:.0f} s; final (Bayer validation bursts) {final}")
             stages["cfa"] = dict(_cache_summary(cache, fuse_total, t_cache), steps=n, minutes_budget=cfa_minutes,
-                                 lr=CFA_LR, data=cfa_data, harm_weight=cfa_harm_weight, train_seconds=round(t_train, 1), validation_bursts=len(val_cfa),
+                                 lr=CFA_LR, data=cfa_data, harm_weight=cfa_harm_weight,
+                                 train_seconds=round(t_train, 1), validation_bursts=len(val_cfa),
                                  final_validation=final, final_train_gain_db=r[-1]["train_gain_db"])
             files["refiner_cfa.pt"] = _save_weights(net, out / "refiner_cfa.pt")
     plot_curves(rows, out / "training.png")
