@@ -757,8 +757,8 @@ def train(
                             "noise model estimated by fuse",
             "fusion_params": "mfsr.fusion.FusionParams() defaults (sharpen_amount=0.6)",
             "loss": f"mean log(MSE refined / MSE fused) (+{MSE_FLOOR:g} each) + {harm_weight:g} x its positive part, "
-                    "linear light" + (f"; Bayer stage: {cfa_harm_weight:g} x" if run_cfa and cfa_harm_weight != harm_weight
-                                      else ""),
+                    "linear light"
+                    + (f"; Bayer stage: {cfa_harm_weight:g} x" if run_cfa and cfa_harm_weight != harm_weight else ""),
             "optimizer": "Adam, cosine decay to 1e-5 over each stage's budget (learning rates per stage)",
             "precision": precision + (" autocast, float32 weights" if bf16 else ""),
             "mode_shares": dict(MODE_SHARES),
