@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from scipy.ndimage import gaussian_filter
 
 from mfsr.refine import MODES, RefineNet, RefinerWeightsError, load_refiner, refine_image
 from mfsr.refine._features import confidence_reference, pixel_features
@@ -137,9 +138,11 @@ def test_tile_margin_covers_receptive_field():
     changed = np.argwhere(np.abs(a - b).max(axis=0) > 0)
     assert changed.size
     assert np.abs(changed - 48).max() <= net.radius + 1
-    # refine_image adds the high-pass of the residual (Gaussian truncated at 3 sigma)
-    ra = refine_image(img, conf, cfa=False, scale=1.0, noise=NOISE, weights=net)
-    rb = refine_image(img2, conf, cfa=False, scale=1.0, noise=NOISE, weights=net)
+    # refine_image adds the high-pass of the residual (Gaussian truncated at 3 sigma).
+    # float32: in bfloat16 the residual's rounding changes wherever the field
+    # reaches, and the local mean's 4 px blocks carry that (by ~1e-8) a few px farther
+    ra = refine_image(img, conf, cfa=False, scale=1.0, noise=NOISE, weights=net, precision="fp32")
+    rb = refine_image(img2, conf, cfa=False, scale=1.0, noise=NOISE, weights=net, precision="fp32")
     changed = np.argwhere(np.abs(ra - rb) > 0)
     assert np.abs(changed - 48).max() <= net.radius + 1 + int(np.ceil(3 * DC_SIGMA))
 
@@ -235,6 +238,9 @@ def test_progress_bar(capsys):
         (dict(noise="x"), "noise"),
         (dict(scale=0.0), "scale"),
         (dict(tile=1), "tile"),
+        (dict(ensemble=3), "ensemble"),
+        (dict(ensemble=True), "ensemble"),
+        (dict(precision="fp16"), "precision"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -303,6 +309,67 @@ def test_loss_weighs_harmed_examples_by_one_plus_harm_weight():
     assert (ratio > 0).any() and (ratio < 0).any()  # harmed and helped examples both
     for w, got in losses.items():
         assert got == pytest.approx(np.mean(ratio + w * np.maximum(ratio, 0)), rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("size", [2, 8])
+def test_self_ensemble_averages_the_views(size):
+    """Each view's refinement, turned back, averaged: the ensemble of ``size`` views."""
+    net = _random_net(5)
+    # sides a multiple of 4: the local mean's coarse grid then turns with the image
+    img, conf = _inputs((64, 64, 3), seed=5)
+    kw = dict(cfa=True, scale=2.0, noise=NOISE, weights=net, precision="fp32")
+    single = refine_image(img, conf, ensemble=1, **kw)
+    views = [(0, False), (1, False)] if size == 2 else [(k, f) for f in (False, True) for k in range(4)]
+    expected = np.zeros_like(img)
+    for k, flip in views:
+        fwd = (lambda x: np.rot90(x[:, ::-1] if flip else x, k))
+        back = np.rot90(refine_image(fwd(img).copy(), fwd(conf).copy(), ensemble=1, **kw), -k)
+        expected += back[:, ::-1] if flip else back
+    expected /= len(views)
+    out = refine_image(img, conf, ensemble=size, **kw)
+    np.testing.assert_allclose(out, expected, atol=2e-5, rtol=0)
+    assert np.abs(out - single).max() > 1e-3  # the views differ: the ensemble is not the single pass
+    # any shape, any tiling
+    img, conf = _inputs((37, 50), seed=6)
+    kw["cfa"] = False
+    whole = refine_image(img, conf, ensemble=size, tile=4096, **kw)
+    np.testing.assert_allclose(refine_image(img, conf, ensemble=size, tile=16, **kw), whole, atol=1e-5, rtol=0)
+
+
+def test_ensemble_size_defaults_to_the_manifests(tmp_path):
+    from mfsr.refine._weights import refiner_ensemble
+
+    torch.save(_random_net(7).state_dict(), tmp_path / "refiner.pt")
+    manifest = {
+        "format": 1,
+        "modes": {m: "refiner.pt" for m in MODES},
+        "files": {"refiner.pt": {"architecture": {"channels": 8, "blocks": 2}}},
+    }
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    assert refiner_ensemble("cfa", tmp_path) == 1  # no entry: no ensemble
+    manifest["ensemble"] = {"cfa": 2}
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    assert refiner_ensemble("cfa", tmp_path) == 2
+    assert refiner_ensemble("rgb", tmp_path) == 1
+    img, conf = _inputs((40, 44, 3), seed=7)
+    kw = dict(scale=2.0, noise=NOISE, weights=tmp_path, strength=1.0, precision="fp32")
+    np.testing.assert_array_equal(refine_image(img, conf, cfa=True, **kw),
+                                  refine_image(img, conf, cfa=True, ensemble=2, **kw))
+    np.testing.assert_array_equal(refine_image(img, conf, cfa=False, **kw),
+                                  refine_image(img, conf, cfa=False, ensemble=1, **kw))
+
+
+def test_bfloat16_and_float32_agree():
+    """bfloat16 arithmetic (the default on CPUs with bf16 units) changes the refinement by rounding only."""
+    img, conf = _inputs((64, 72, 3), seed=8)
+    img = gaussian_filter(img, (1.5, 1.5, 0))  # image-like: smooth with detail, not white noise
+    kw = dict(cfa=True, scale=1.0, noise=NOISE, ensemble=1)
+    f32 = refine_image(img, conf, precision="fp32", **kw)
+    b16 = refine_image(img, conf, precision="bf16", **kw)
+    assert np.abs(f32 - img).max() > 1e-3
+    diff = b16 - f32
+    assert 0 < np.abs(diff).max() < 2e-3
+    assert np.sqrt(np.mean(diff**2)) < 0.02 * np.sqrt(np.mean((f32 - img) ** 2))
 
 
 def test_strength_zero_returns_fusion_and_one_is_raw():
@@ -554,14 +621,18 @@ def test_calibration_uses_each_modes_weights(toy_run, tmp_path, monkeypatch):
     original = _inference.refine_image
 
     def spy(image, confidence, *, cfa, weights, **kw):
-        seen.append((cfa, image.ndim, weights.name))
+        seen.append((cfa, image.ndim, weights.name, kw["ensemble"]))
         return original(image, confidence, cfa=cfa, weights=weights, **kw)
 
     monkeypatch.setattr(_inference, "refine_image", spy)
-    manifest = calibrate(tmp_path, bursts=1, log=lambda *a: None)
+    manifest = calibrate(tmp_path, bursts=1, ensemble={"cfa": 2}, log=lambda *a: None)
     # grey and RGB fusions are scored with the shared file, Bayer ones with the Bayer file
-    assert {w for cfa, _, w in seen if cfa} == {"refiner_cfa.pt"}
-    assert {w for cfa, _, w in seen if not cfa} == {"refiner.pt"}
+    assert {w for cfa, _, w, _ in seen if cfa} == {"refiner_cfa.pt"}
+    assert {w for cfa, _, w, _ in seen if not cfa} == {"refiner.pt"}
+    # with the self-ensemble they are stored with
+    assert {n for cfa, _, _, n in seen if cfa} == {2} and {n for cfa, _, _, n in seen if not cfa} == {1}
+    assert manifest["ensemble"] == {"grey": 1, "rgb": 1, "cfa": 2}
+    assert "--ensemble cfa=2" in manifest["calibration"]["command"]
     assert set(manifest["strength"]) == set(MODES)
     assert all(len(manifest["strength"][m]) == len(SCALES) for m in MODES)
     assert all(len(manifest["strength_known_psf"][m]) == len(SCALES) for m in MODES)

@@ -9,7 +9,9 @@ training configuration) and are trained by ``python -m mfsr.refine.train``;
 ``python -m mfsr.refine.calibrate`` then fits, on validation bursts of the
 training photographs, how much of the network's residual to apply per mode
 and scale, blind and with the blur known (``refine_image(..., strength=None)``
-uses it).
+uses it), and stores how many geometric views of the image each mode's
+refinement averages (``ensemble``: two for Bayer fusions). On CPUs with
+bfloat16 units the network runs in bfloat16 (``precision="auto"``).
 
 :func:`mfsr.fuse` applies it by default (``refine=True``) at scales in
 :data:`SCALE_RANGE`.

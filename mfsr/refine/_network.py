@@ -182,9 +182,9 @@ class RefineNet(nn.Module):
         with torch.autocast(pixels.device.type, enabled=False):
             rgb = F.pad(pixels[:, :3].float(), (r, r, r, r), mode="replicate")
             detail = F.conv2d(rgb, self.detail.float(), groups=3)
-        x = F.pixel_unshuffle(torch.cat([pixels, detail], dim=1), 2)
         g = globals_[:, : self.n_globals, None, None].expand(b, self.n_globals, h // 2, w // 2)
-        x = torch.cat([x, g.to(x.dtype)], dim=1)
+        # one concatenation: unshuffling the parts is unshuffling their concatenation
+        x = torch.cat([F.pixel_unshuffle(pixels, 2), F.pixel_unshuffle(detail, 2), g.to(pixels.dtype)], dim=1)
         x = F.relu(self.head(x))
         x = self.body(x)
         residual = F.pixel_shuffle(self.tail(x), 2)

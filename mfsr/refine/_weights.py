@@ -18,7 +18,8 @@ import torch
 
 from ._network import RefineNet, n_globals_of
 
-__all__ = ["MODES", "RefinerWeightsError", "WEIGHTS_DIR", "load_refiner", "refiner_strength", "sha256_file"]
+__all__ = ["MODES", "RefinerWeightsError", "WEIGHTS_DIR", "load_refiner", "refiner_ensemble", "refiner_strength",
+           "sha256_file"]
 
 #: Modes of :func:`load_refiner`: fusion of grey frames, of RGB frames, of Bayer mosaics.
 MODES = ("grey", "rgb", "cfa")
@@ -172,3 +173,15 @@ def refiner_strength(mode: str, scale: float, weights: str | os.PathLike | None 
     xs = np.log2([p[0] for p in pts])
     ys = np.clip([p[1] for p in pts], 0.0, 1.0)
     return float(np.interp(np.log2(float(scale)), xs, ys))
+
+
+def refiner_ensemble(mode: str, weights: str | os.PathLike | None = None) -> int:
+    """Self-ensemble size the strength of ``mode`` was calibrated with (:func:`mfsr.refine.refine_image`).
+
+    ``manifest["ensemble"][mode]``, written by :mod:`mfsr.refine.calibrate`;
+    1 (no ensemble) when the manifest has none.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    _, manifest = _resolve(mode, weights)
+    return int((manifest or {}).get("ensemble", {}).get(mode, 1))

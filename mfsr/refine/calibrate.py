@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m mfsr.refine.calibrate --dir DIR [--bursts 32] [--seed 20000]
+    python -m mfsr.refine.calibrate --dir DIR [--bursts 32] [--seed 20000] [--ensemble cfa=2]
 
 For each mode (grey, rgb, cfa) and scale in :data:`SCALES`, ``--bursts``
 bursts are simulated (each (mode, scale) bin from its own random stream,
@@ -24,6 +24,12 @@ refinement thus shrinks towards the plain fusion (fidelity first: the mean
 alone once kept full strength for grey scale-1 fusions, where the best
 validation burst gained 10 dB and the worst lost 11). The weight files and
 their hashes are unchanged.
+
+``--ensemble MODE=N`` (repeatable) refines that mode's bursts with the
+geometric self-ensemble of ``N`` views (:func:`mfsr.refine.refine_image`'s
+``ensemble``) and stores ``N`` in the manifest (``"ensemble"``), so that
+``refine_image`` uses it by default with the strength fitted for it; modes
+not named keep the manifest's size (1 where it has none).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics import psnr
+from ._inference import ENSEMBLES, native_bf16
 from ._weights import MANIFEST, MODES
 from .train import MSE_FLOOR, _draw_burst, _source_pool, make_example
 
@@ -85,13 +92,22 @@ def floored_gain_db(mse_refined: float, mse_fused: float) -> float:
     return 10.0 * float(np.log10((mse_fused + MSE_FLOOR) / (mse_refined + MSE_FLOOR)))
 
 
-def calibrate(folder: Path, *, bursts: int = 32, seed: int = 20_000, log=print) -> dict:
-    """Fit and store the per-(mode, scale) strength; returns the manifest."""
+def calibrate(folder: Path, *, bursts: int = 32, seed: int = 20_000, ensemble: dict[str, int] | None = None,
+              log=print) -> dict:
+    """Fit and store the per-(mode, scale) strength; returns the manifest.
+
+    ``ensemble`` maps modes to self-ensemble sizes to calibrate and store
+    (others keep the manifest's).
+    """
     from ._inference import refine_image
 
     folder = Path(folder)
     manifest_path = folder / MANIFEST
     manifest = json.loads(manifest_path.read_text())
+    sizes = {mode: 1 for mode in MODES} | manifest.get("ensemble", {}) | dict(ensemble or {})
+    for mode, n in sizes.items():
+        if mode not in MODES or n not in ENSEMBLES:
+            raise ValueError(f"ensemble: expected sizes in {ENSEMBLES} for modes {MODES}, got {mode}={n!r}")
     # photographs only: they stand in for the textures too
     photos, _ = _source_pool()
     pool = (photos, [(name, img) for name, img, _ in photos])
@@ -113,7 +129,7 @@ def calibrate(folder: Path, *, bursts: int = 32, seed: int = 20_000, log=print) 
                 mse_fused = _mse(fused, truth)
                 for key, psf in (("strength", None), ("strength_known_psf", cfg["blur_sigma"] / scale)):
                     out = refine_image(fused, conf, cfa=mode == "cfa", scale=scale, noise=ex.info["noise_est"],
-                                       weights=weights, strength=1.0, psf_sigma=psf)
+                                       weights=weights, strength=1.0, psf_sigma=psf, ensemble=sizes[mode])
                     for j, a in enumerate(STRENGTHS):
                         gains[key][i, j] = floored_gain_db(_mse(fused + a * (out - fused), truth), mse_fused)
             for key, g in gains.items():
@@ -127,8 +143,10 @@ def calibrate(folder: Path, *, bursts: int = 32, seed: int = 20_000, log=print) 
                     f"strength {STRENGTHS[best]:.1f} -> {mean[best]:+.2f} dB (worst {worst[best]:+.2f}) "
                     f"({time.time() - t0:.0f} s)")
     manifest.update(tables)
+    manifest["ensemble"] = sizes
+    named = "".join(f" --ensemble {mode}={n}" for mode, n in sizes.items() if n != 1)
     manifest["calibration"] = {
-        "command": f"python -m mfsr.refine.calibrate --dir {folder} --bursts {bursts} --seed {seed}",
+        "command": f"python -m mfsr.refine.calibrate --dir {folder} --bursts {bursts} --seed {seed}{named}",
         "bursts_per_bin": bursts,
         "seed": seed,
         "data": "training photographs (no textures), training degradation range (mfsr.refine.train._draw_burst), unseen seeds",
@@ -136,6 +154,7 @@ def calibrate(folder: Path, *, bursts: int = 32, seed: int = 20_000, log=print) 
         "gain": f"10 log10((MSE fused + {MSE_FLOOR:g}) / (MSE refined + {MSE_FLOOR:g})), 8 px border excluded",
         "gain_db_full_mean_worst_and_calibrated_mean_worst": reports["strength"],
         "known_psf_gain_db_full_mean_worst_and_calibrated_mean_worst": reports["strength_known_psf"],
+        "precision": "bf16" if native_bf16() else "fp32",
         "seconds": round(time.time() - t0, 1),
     }
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -147,8 +166,19 @@ def main(argv=None) -> None:
     parser.add_argument("--dir", required=True, type=Path, help="folder with refiner.pt and manifest.json")
     parser.add_argument("--bursts", type=int, default=32, help="validation bursts per mode and scale")
     parser.add_argument("--seed", type=int, default=20_000)
+    parser.add_argument("--ensemble", action="append", default=[], type=_mode_size, metavar="MODE=N",
+                        help=f"self-ensemble size for a mode ({', '.join(MODES)}; N in {ENSEMBLES}), repeatable")
     args = parser.parse_args(argv)
-    calibrate(args.dir, bursts=args.bursts, seed=args.seed, log=lambda *a: print(*a, flush=True))
+    calibrate(args.dir, bursts=args.bursts, seed=args.seed, ensemble=dict(args.ensemble),
+              log=lambda *a: print(*a, flush=True))
+
+
+def _mode_size(text: str) -> tuple[str, int]:
+    """``"cfa=2"`` -> ``("cfa", 2)`` for ``--ensemble``."""
+    mode, _, n = text.partition("=")
+    if mode not in MODES or not n.isdigit() or int(n) not in ENSEMBLES:
+        raise argparse.ArgumentTypeError(f"expected MODE=N with MODE in {MODES} and N in {ENSEMBLES}, got {text!r}")
+    return mode, int(n)
 
 
 if __name__ == "__main__":
