@@ -361,8 +361,8 @@ def fuse(
     refine : bool
         Apply the learned refinement network (:func:`mfsr.refine.refine_image`)
         after the fusion (default); ``FusionResult.refinement`` then holds
-        what it changed. On held-out photos it gains +1.05 to +1.6 dB at
-        scale 2 and +0.43 dB at scale 1 (Bayer; every photo gains), +0.74 dB
+        what it changed. On held-out photos it gains +1.2 to +1.6 dB at
+        scale 2 and +0.51 dB at scale 1 (Bayer; every photo gains), +0.87 dB
         at scale 1 when ``psf_sigma`` is given, see benchmarks/RESULTS.md.
         Its strength is calibrated per mode and scale so that no validation
         burst loses more than 0.1 dB; for grey frames at scale 1 without

@@ -61,8 +61,9 @@ The shipped weights take two runs: ``--minutes 60 --bursts 1500 --seed 0``
 --seed 1 --bursts 1000 --lr 3e-4 --harm-weight 10 --cfa-only``: a fine-tune on
 fresh bursts that harms its worst validation bursts less and serves Bayer
 fusions (validation Bayer x1 strength 0.7 instead of 0.5; held-out blind Bayer
-x1 +0.43 dB instead of +0.33; +0.51 with the two-view self-ensemble). It served grey fusions worse (grey x1 strength
-with the blur given 0.3 instead of 0.5), hence Bayer only.
+x1 +0.43 dB instead of +0.33; +0.51 with the two-view self-ensemble). It
+served grey fusions worse (grey x1 strength with the blur given 0.3 instead
+of 0.5), hence Bayer only.
 The same layout in one run, ``--minutes 48 --bursts 1500 --seed 0 --cfa-minutes
 12 --cfa-bursts 1000 --cfa-data all --cfa-harm-weight 10`` (64 min on the dev
 VM), made weaker networks: 59,231 shared steps against 95,225, and on the
