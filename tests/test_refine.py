@@ -678,6 +678,15 @@ def test_weight_folder_picks_each_modes_file(tmp_path):
         load_refiner("cfa", tmp_path)
 
 
+def test_calibrate_command_line_checks_the_ensemble(tmp_path, capsys):
+    from mfsr.refine.calibrate import main
+
+    for bad in ("cfa=3", "bayer=2", "cfa"):
+        with pytest.raises(SystemExit):
+            main(["--dir", str(tmp_path), "--ensemble", bad])
+        assert "--ensemble" in capsys.readouterr().err
+
+
 def test_calibration_prefers_safety_over_the_mean():
     from mfsr.refine.calibrate import STRENGTHS, WORST_ALLOWED, choose_strength
 
