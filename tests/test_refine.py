@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -346,24 +347,33 @@ def test_ensemble_size_defaults_to_the_manifests(tmp_path):
         "files": {"refiner.pt": {"architecture": {"channels": 8, "blocks": 2}}},
     }
     (tmp_path / MANIFEST).write_text(json.dumps(manifest))
-    assert refiner_ensemble("cfa", tmp_path) == 1  # no entry: no ensemble
+    assert refiner_ensemble("cfa", tmp_path) is None  # no calibration
+    manifest["strength"] = {m: {"1": 0.5, "2": 1.0} for m in MODES}
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    assert refiner_ensemble("cfa", tmp_path) == 1  # calibrated before the ensemble existed
     manifest["ensemble"] = {"cfa": 2}
     (tmp_path / MANIFEST).write_text(json.dumps(manifest))
     assert refiner_ensemble("cfa", tmp_path) == 2
     assert refiner_ensemble("rgb", tmp_path) == 1
     img, conf = _inputs((40, 44, 3), seed=7)
-    kw = dict(scale=2.0, noise=NOISE, weights=tmp_path, strength=1.0, precision="fp32")
+    kw = dict(scale=2.0, noise=NOISE, weights=tmp_path, precision="fp32")
     np.testing.assert_array_equal(refine_image(img, conf, cfa=True, **kw),
                                   refine_image(img, conf, cfa=True, ensemble=2, **kw))
     np.testing.assert_array_equal(refine_image(img, conf, cfa=False, **kw),
                                   refine_image(img, conf, cfa=False, ensemble=1, **kw))
+    # another size than the strength was calibrated for: a warning naming the remedy
+    with pytest.warns(UserWarning, match="ensemble: .* calibrated for 2 view.*--ensemble cfa=1"):
+        one = refine_image(img, conf, cfa=True, ensemble=1, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a strength given explicitly: no warning
+        np.testing.assert_array_equal(refine_image(img, conf, cfa=True, ensemble=1, strength=1.0, **kw), one)
 
 
 def test_bfloat16_and_float32_agree():
     """bfloat16 arithmetic (the default on CPUs with bf16 units) changes the refinement by rounding only."""
     img, conf = _inputs((64, 72, 3), seed=8)
     img = gaussian_filter(img, (1.5, 1.5, 0))  # image-like: smooth with detail, not white noise
-    kw = dict(cfa=True, scale=1.0, noise=NOISE, ensemble=1)
+    kw = dict(cfa=True, scale=1.0, noise=NOISE, ensemble=1, strength=1.0)
     f32 = refine_image(img, conf, precision="fp32", **kw)
     b16 = refine_image(img, conf, precision="bf16", **kw)
     assert np.abs(f32 - img).max() > 1e-3

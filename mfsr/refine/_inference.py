@@ -6,6 +6,7 @@ import functools
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -188,7 +189,9 @@ def refine_image(
         four quarter turns; 8: those and their mirror images), at that many
         times the cost. None takes the size stored for this mode in the
         weights' manifest (``"ensemble"``; 1 where it has none), the size the
-        calibrated strength was fitted with.
+        calibrated strength was fitted with; another size with
+        ``strength=None`` warns (recalibrate a copy of the weights for it,
+        :mod:`mfsr.refine.calibrate`).
     precision : {"auto", "fp32", "bf16"}
         Arithmetic of the network's layers (its fixed high-pass filter and
         the result stay float32). "auto" (default): bfloat16 on CPUs that
@@ -240,19 +243,26 @@ def refine_image(
         net = weights
     else:
         net = load_refiner(mode, weights)
-    if strength is None:
-        strength = 1.0 if isinstance(weights, RefineNet) else refiner_strength(
-            mode, scale, weights, psf_known=psf_sigma is not None)
-    strength = float(strength)
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"strength: expected a number in [0, 1], got {strength!r}")
-
+    calibrated_views = None if isinstance(weights, RefineNet) else refiner_ensemble(mode, weights)
     if ensemble is None:
-        ensemble = 1 if isinstance(weights, RefineNet) else refiner_ensemble(mode, weights)
+        ensemble = calibrated_views or 1
     if isinstance(ensemble, bool) or ensemble not in _VIEWS:
         raise ValueError(f"ensemble: expected one of {ENSEMBLES}, got {ensemble!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    if strength is None:
+        strength = 1.0 if isinstance(weights, RefineNet) else refiner_strength(
+            mode, scale, weights, psf_known=psf_sigma is not None)
+        if calibrated_views is not None and ensemble != calibrated_views:
+            warnings.warn(
+                f"ensemble: the {mode} strength ({strength:g}) was calibrated for {calibrated_views} view(s), "
+                f"not {ensemble}; pass strength= or recalibrate a copy of the weights "
+                f"(python -m mfsr.refine.calibrate --dir COPY --ensemble {mode}={ensemble})",
+                stacklevel=2,
+            )
+    strength = float(strength)
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength: expected a number in [0, 1], got {strength!r}")
     bf16 = precision == "bf16" or (precision == "auto" and native_bf16())
 
     h, w = img.shape[:2]

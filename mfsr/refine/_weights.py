@@ -175,13 +175,17 @@ def refiner_strength(mode: str, scale: float, weights: str | os.PathLike | None 
     return float(np.interp(np.log2(float(scale)), xs, ys))
 
 
-def refiner_ensemble(mode: str, weights: str | os.PathLike | None = None) -> int:
+def refiner_ensemble(mode: str, weights: str | os.PathLike | None = None) -> int | None:
     """Self-ensemble size the strength of ``mode`` was calibrated with (:func:`mfsr.refine.refine_image`).
 
     ``manifest["ensemble"][mode]``, written by :mod:`mfsr.refine.calibrate`;
-    1 (no ensemble) when the manifest has none.
+    1 for a calibration from before the ensemble existed; None when the
+    manifest holds no calibrated strength for ``mode`` (or there is no manifest).
     """
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
     _, manifest = _resolve(mode, weights)
-    return int((manifest or {}).get("ensemble", {}).get(mode, 1))
+    manifest = manifest or {}
+    if not manifest.get("strength", {}).get(mode):
+        return None
+    return int(manifest.get("ensemble", {}).get(mode, 1))
