@@ -133,7 +133,7 @@ def main() -> None:
         f"{MOTION['max_rotation']} deg, blur sigma {MOTION['blur_sigma']} HR px; moderate noise "
         f"alpha={NOISE['moderate noise']['alpha']}, beta={NOISE['moderate noise']['beta']}. "
         "`fused`: mfsr.fuse defaults (with its sharpening); `refined`: + refine_image defaults "
-        f"(self-ensemble: {', '.join(f'{m} {refiner_ensemble(m, args.weights)}' for m in ('grey', 'rgb', 'cfa'))} "
+        f"(self-ensemble: {', '.join(f'{m} {refiner_ensemble(m, args.weights) or 1}' for m in ('grey', 'rgb', 'cfa'))} "
         f"views; {'bfloat16' if native_bf16() else 'float32'}). "
         f"PSNR (dB) / SSIM, {CROP}-px border excluded, mean over the photos.",
         "",
@@ -190,7 +190,7 @@ def main() -> None:
                       f"{'bf16' if native_bf16() else 'fp32'}) | float32 (`precision=\"fp32\"`) |",
                       "|---|---|---|---|"]
         for label, cfa in (("Bayer", True), ("RGB frames", False)):
-            views = refiner_ensemble("cfa" if cfa else "rgb", args.weights)
+            views = refiner_ensemble("cfa" if cfa else "rgb", args.weights) or 1
             times = [time_12mp(args.weights, cfa=cfa, precision=p) for p in ("bf16", "fp32")]
             lines.append(f"| {label} | {views} view{'s' if views > 1 else ''} | {times[0]:.1f} s | {times[1]:.1f} s |")
             print(lines[-1], flush=True)
