@@ -136,16 +136,21 @@ def test_tile_margin_covers_receptive_field():
     with torch.no_grad():
         a, b = (net(torch.from_numpy(pixel_features(x, conf, conf_ref=1.0, noise=NOISE))[None], g)[0].numpy()
                 for x in (img, img2))
-    changed = np.argwhere(np.abs(a - b).max(axis=0) > 0)
-    assert changed.size
-    assert np.abs(changed - 48).max() <= net.radius + 1
-    # refine_image adds the high-pass of the residual (Gaussian truncated at 3 sigma).
-    # float32: in bfloat16 the residual's rounding changes wherever the field
-    # reaches, and the local mean's 4 px blocks carry that (by ~1e-8) a few px farther
+    # Beyond the receptive field a change may only be rounding: summation
+    # order (and so the last bits) differs between CPUs and thread counts, so
+    # "moved at all" is judged against a tolerance far below the 0.5 step.
+    tol = 1e-6
+
+    def reach(diff: np.ndarray) -> int:
+        changed = np.argwhere(diff > tol)
+        assert changed.size
+        return int(np.abs(changed - 48).max())
+
+    assert reach(np.abs(a - b).max(axis=0)) <= net.radius + 1
+    # refine_image adds the high-pass of the residual (Gaussian truncated at 3 sigma)
     ra = refine_image(img, conf, cfa=False, scale=1.0, noise=NOISE, weights=net, precision="fp32")
     rb = refine_image(img2, conf, cfa=False, scale=1.0, noise=NOISE, weights=net, precision="fp32")
-    changed = np.argwhere(np.abs(ra - rb) > 0)
-    assert np.abs(changed - 48).max() <= net.radius + 1 + int(np.ceil(3 * DC_SIGMA))
+    assert reach(np.abs(ra - rb)) <= net.radius + 1 + int(np.ceil(3 * DC_SIGMA))
 
 
 def test_flat_field_keeps_its_level():
