@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from mfsr.baselines import phase_correlation_average, single_frame_upscale
-from mfsr.fusion import FusionParams, fuse
+from mfsr.fusion import FusionParams, fuse, sharpen_gain
 from mfsr.kernels.accumulate import sharpen
 from mfsr.kernels.structure_tensor import gaussian_weights
 from mfsr.metrics import psnr, ssim
@@ -55,13 +55,15 @@ CASES = {
 GOALS = {"Bayer x1": 3.0, "Bayer x2": 2.0, "grey x2": 0.8, "noisy Bayer x1": 4.0}
 
 
-def sharpened(image: np.ndarray, scale: float, noise: tuple[float, float]) -> np.ndarray:
+def sharpened(image: np.ndarray, scale: float, noise: tuple[float, float], cfa: str | None) -> np.ndarray:
     """Apply fuse's final unsharp mask, with its default parameters, to ``image``."""
     p = FusionParams()
     out = np.ascontiguousarray(image if image.ndim == 3 else image[..., None], dtype=np.float32)
     out = out.copy()
     taps = gaussian_weights(p.sharpen_sigma * scale)
-    sharpen(out, taps, p.sharpen_amount, noise[0], noise[1], p.sharpen_noise_gate)
+    gain = sharpen_gain(p, scale, cfa)
+    if gain > 0:
+        sharpen(out, taps, gain, noise[0], noise[1], p.sharpen_noise_gate, p.sharpen_overshoot)
     return out if image.ndim == 3 else out[..., 0]
 
 
@@ -81,7 +83,7 @@ def run_case(name: str, images: list[str], size: int) -> dict[str, list[tuple[fl
         single = single_frame_upscale(ref, scale, cfa=cfa)
         outputs = {
             "single": single,
-            "single + sharpening": sharpened(single, scale, fused.noise),
+            "single + sharpening": sharpened(single, scale, fused.noise, spec["cfa"]),
             "phasecorr+avg": phase_correlation_average(burst.frames, scale, cfa=cfa),
             "mfsr": fused.image,
             "mfsr (true flow)": fuse(burst.frames, refine=False, scale=scale, cfa=cfa, flow=burst.flow).image,

@@ -34,6 +34,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .overshoot import limit_overshoot
 from .separable_filter import separable_filter
 
 # Row blocks per call: enough for load balance on any thread count, few
@@ -525,8 +526,9 @@ def sharpen(
     noise_alpha: float,
     noise_beta: float,
     noise_gate: float,
+    overshoot: float,
 ) -> None:
-    """Noise-gated unsharp mask that compensates pixel-area integration (in place).
+    """Noise-gated, overshoot-limited unsharp mask (in place).
 
     Every input sample integrates the scene over one input pixel, so the
     merged image is the scene blurred by that box (plus the small fusion
@@ -536,6 +538,11 @@ def sharpen(
     (alpha * I + beta))``: full gain on structure, little where the detail
     is at the noise level. Sharpening the luminance only leaves colours
     alone and costs a third of a per-channel filter.
+
+    Each channel's result is then held within the range its unsharpened
+    3x3 neighbourhood spans, widened by ``overshoot`` times that range
+    (:func:`mfsr.kernels.overshoot.limit_overshoot`): the edge is steepened,
+    but dark pixels beside it are not crushed nor highlights ringed.
 
     Parameters
     ----------
@@ -549,6 +556,9 @@ def sharpen(
         Noise model of one input sample (variance ``alpha * I + beta``).
     noise_gate : float
         Factor on that variance in the gate (0: no gating).
+    overshoot : float
+        Allowed excursion beyond the local 3x3 min/max, as a fraction of
+        the local range (0: none; ``inf``: no limit).
     """
     ho, wo, nc = image.shape
     lum = np.empty((1, ho, wo), np.float32)
@@ -560,6 +570,9 @@ def sharpen(
                 m += image[y, x, c]
             lum[0, y, x] = m * inv_nc
     blurred = separable_filter(lum, taps)
+    # not `< inf`: fastmath lets the compiler assume no value is infinite
+    clamp = overshoot <= 1e30
+    src = image.copy() if clamp else image[:0]
     a = np.float32(noise_alpha)
     b = np.float32(noise_beta)
     gate = np.float32(noise_gate)
@@ -573,3 +586,5 @@ def sharpen(
             g = amt * e / (e + n2 + np.float32(1e-20)) * d
             for c in range(nc):
                 image[y, x, c] += g
+    if clamp:
+        limit_overshoot(image, src, overshoot)

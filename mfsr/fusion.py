@@ -127,18 +127,33 @@ class FusionParams:
         Accumulated weight under which the fallback is blended in.
     sharpen_amount : float
         Gain of the final unsharp mask that compensates the integration of
-        every sample over one input pixel (0 disables it). The default suits
-        optics that blur by about 0.5 output px; with sharper optics it
-        over-sharpens grey frames fused at scale 1 (measured there: 0
-        instead of 0.6 gave +7.5 dB at blur 0 and -5.3 dB at blur 0.5;
-        benchmarks/RESULTS.md). The refinement network was trained on the
-        default; told the blur (``fuse(..., psf_sigma=...)``) it undoes
-        the over-sharpening.
+        every sample over one input pixel (0 disables it), where that blur
+        is undone in full: for CFA input at every scale (each colour is
+        sampled sparsely, so its merge kernels are wide), for grey and RGB
+        frames from ``sharpen_full_scale`` up (see :func:`sharpen_gain`).
+        The default suits optics that blur by about 0.5 output px. The
+        refinement network was trained on it; told the blur
+        (``fuse(..., psf_sigma=...)``) it undoes an over-sharpening.
     sharpen_sigma : float
         Its Gaussian, input px.
     sharpen_noise_gate : float
         Its gain falls where the detail energy is below this many times the
         noise variance, so flat noisy regions are not sharpened.
+    sharpen_overshoot : float
+        How far a sharpened channel may leave the range of its unsharpened
+        3x3 neighbourhood, as a fraction of that range, and below it as a
+        fraction of the neighbourhood's minimum too (0: not at all; ``inf``:
+        no limit; :func:`mfsr.kernels.overshoot.limit_overshoot`). Without
+        the limit the mask crushes dark pixels beside bright edges to black
+        and rings around highlights; a little excursion keeps restored edges
+        steep.
+    sharpen_full_scale : float
+        Scale from which grey and RGB frames get the full ``sharpen_amount``.
+        An output pixel of scale ``s`` integrates the scene over ``1/s`` of
+        an input pixel, so what is left to undo is the box blur's excess
+        variance, ``(s^2 - 1) / 12`` output px^2: the gain grows as ``s^2 -
+        1`` from 0 at scale 1 (the frames' own integration is the output's)
+        to the full amount here. 1 gives the full amount at every scale.
     """
 
     k_detail: float = 0.15
@@ -163,6 +178,48 @@ class FusionParams:
     sharpen_amount: float = 0.6
     sharpen_sigma: float = 0.8
     sharpen_noise_gate: float = 0.3
+    sharpen_overshoot: float = 0.25
+    sharpen_full_scale: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("sharpen_amount", "sharpen_noise_gate", "sharpen_overshoot"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not v >= 0:
+                raise ValueError(f"{name}: expected a number >= 0, got {v!r}")
+        for name in ("sharpen_amount", "sharpen_noise_gate"):
+            if not np.isfinite(getattr(self, name)):
+                raise ValueError(f"{name}: expected a finite number, got {getattr(self, name)!r}")
+        for name in ("sharpen_sigma", "sharpen_full_scale"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not 0 < v < np.inf:
+                raise ValueError(f"{name}: expected a finite number > 0, got {v!r}")
+
+
+def sharpen_gain(params: FusionParams, scale: float, cfa: str | None) -> float:
+    """Gain of the final unsharp mask for one fusion.
+
+    Parameters
+    ----------
+    params : FusionParams
+        ``sharpen_amount`` and ``sharpen_full_scale`` are read.
+    scale : float
+        Output scale of the fusion.
+    cfa : str or None
+        Bayer pattern of the input, or None for grey and RGB frames.
+
+    Returns
+    -------
+    float
+        ``sharpen_amount`` for CFA input; for grey and RGB frames
+        ``sharpen_amount * min(1, (scale^2 - 1) / (sharpen_full_scale^2 - 1))``
+        (0 at scale 1 and below), the full amount when ``sharpen_full_scale``
+        is 1 or less.
+    """
+    amount = float(params.sharpen_amount)
+    full = float(params.sharpen_full_scale)
+    if cfa is not None or full <= 1.0:
+        return amount
+    return amount * min(1.0, max(0.0, (scale * scale - 1.0) / (full * full - 1.0)))
 
 
 @dataclass
@@ -557,8 +614,10 @@ def fuse(
 
     confidence = normalize(num, den, ref3, is_cfa, cell, scale, p.fallback_radius, p.min_weight, num)
     del den
-    if p.sharpen_amount > 0:
-        sharpen(num, gaussian_weights(p.sharpen_sigma * scale), p.sharpen_amount, alpha, beta, p.sharpen_noise_gate)
+    gain = sharpen_gain(p, scale, cfa)
+    if gain > 0:
+        sharpen(num, gaussian_weights(p.sharpen_sigma * scale), gain, alpha, beta, p.sharpen_noise_gate,
+                p.sharpen_overshoot)
     image = num[..., 0] if nc == 1 else num
     refinement = None
     if refine:

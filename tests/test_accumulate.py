@@ -257,3 +257,55 @@ def test_normalize_falls_back_smoothly_where_weight_is_low(is_cfa):
             d = den[yo, xo, c if is_cfa else 0]
             want = num[yo, xo, c] / d if d >= 0.02 else (num[yo, xo, c] + (0.02 - d) * fb[c]) / 0.02
             np.testing.assert_allclose(img[yo, xo, c], want, rtol=1e-4, atol=1e-6)
+
+
+def _np_sharpen(image, taps, amount, alpha, beta, gate, overshoot):
+    """NumPy twin of ``sharpen``: luminance unsharp mask, then the 3x3 range clamp."""
+    from scipy.ndimage import correlate1d, maximum_filter, minimum_filter
+
+    img = image.astype(np.float64)
+    lum = img.mean(axis=2)
+    blurred = correlate1d(correlate1d(lum, taps.astype(np.float64), axis=0, mode="nearest"),
+                          taps.astype(np.float64), axis=1, mode="nearest")
+    d = lum - blurred
+    g = amount * d * d / (d * d + gate * np.maximum(alpha * lum + beta, 0) + 1e-20) * d
+    out = img + g[..., None]
+    if np.isfinite(overshoot):
+        lo = minimum_filter(img, size=(3, 3, 1), mode="nearest")
+        hi = maximum_filter(img, size=(3, 3, 1), mode="nearest")
+        margin = overshoot * (hi - lo)
+        floor = np.where(lo >= 0, np.maximum(lo - margin, (1 - min(overshoot, 1.0)) * lo), lo - margin)
+        out = np.clip(out, floor, hi + margin)
+    return out
+
+
+@pytest.mark.parametrize("nc", [1, 3])
+@pytest.mark.parametrize("overshoot", [0.0, 0.25, np.inf])
+def test_sharpen_matches_numpy_twin(nc, overshoot):
+    from mfsr.kernels.accumulate import sharpen
+    from mfsr.kernels.structure_tensor import gaussian_weights
+
+    rng = np.random.default_rng(nc)
+    img = rng.random((23, 31, nc)).astype(np.float32) ** 2
+    taps = gaussian_weights(1.6)
+    out = img.copy()
+    sharpen(out, taps, 0.6, 1e-3, 1e-5, 0.3, overshoot)
+    np.testing.assert_allclose(out, _np_sharpen(img, taps, 0.6, 1e-3, 1e-5, 0.3, overshoot), atol=2e-6)
+
+
+def test_sharpen_never_crushes_or_rings_past_the_neighbourhood():
+    """A dark pixel beside a bright edge: an unclamped mask pushes it below 0."""
+    from mfsr.kernels.accumulate import sharpen
+    from mfsr.kernels.structure_tensor import gaussian_weights
+
+    img = np.full((16, 16, 3), 0.002, np.float32)
+    img[:, 8:] = 0.9
+    taps = gaussian_weights(1.6)
+    free = img.copy()
+    sharpen(free, taps, 0.6, 0.0, 0.0, 0.3, np.inf)
+    assert free.min() < 0 and free.max() > 0.9  # what the clamp is for
+    held = img.copy()
+    sharpen(held, taps, 0.6, 0.0, 0.0, 0.3, 0.0)
+    assert held.min() >= 0.002 - 1e-7 and held.max() <= 0.9 + 1e-7
+    # the edge is still steepened where the neighbourhood allows it
+    assert held[:, 7].max() <= img[:, 7].max() and held[:, 8].min() >= img[:, 8].min() - 1e-7
