@@ -7,6 +7,12 @@ directly (no demosaicking first). :func:`develop` then either finishes the
 camera RGB for viewing (white balance, colour matrix, exposure, tone,
 sharpening) or keeps it linear for measurement; :func:`save_camera_image`
 writes PNG, TIFF or a linear DNG with the metadata carried over.
+
+White balance and colour matrix come from the file, from the caller (which
+overrides the file, e.g. for headerless dumps that carry none), or, for the
+white balance of a file without one, from the image itself by grey world
+(:func:`resolve_white_balance`), so that such files are not developed with a
+colour cast.
 """
 
 from __future__ import annotations
@@ -17,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .finishing import apply_orientation, finish
+from .finishing import apply_orientation, finish, grey_world_gains
 from .fusion import FusionResult, fuse
 from .image_io import write_image
 from .raw_io import RawBurst, load_burst
 from .sharpness import sharpest_frame
-from .validation import check_reference
+from .validation import check_color_matrix, check_reference, check_white_balance
 
 #: How many of the first frames compete for the reference with ``reference="auto"``.
 AUTO_REFERENCE_CANDIDATES = 3
@@ -63,6 +69,8 @@ def fuse_raw(
     reference: int | str = "auto",
     noise: tuple[float, float] | None = None,
     headerless: dict | None = None,
+    white_balance=None,
+    color_matrix=None,
     progress: bool = False,
     **fuse_options,
 ) -> CameraResult:
@@ -85,6 +93,16 @@ def fuse_raw(
     headerless : dict, optional
         Read headerless dumps with these :func:`mfsr.raw_io.read_headerless`
         arguments (``width``, ``height``, ``bits``, ``cfa``...).
+    white_balance : sequence of 3 float, optional
+        Gains for camera (R, G, B), each finite and > 0, that replace the
+        files' as-shot white balance in every frame's metadata (so
+        :func:`develop` and :func:`save_camera_image` use them). Default: the
+        files' own; :func:`develop` uses grey world for files without one.
+    color_matrix : array_like, shape (3, 3) or (9,), optional
+        White-balanced camera RGB -> linear sRGB, row-major
+        (``srgb = color_matrix @ cam``), replacing the files' matrix in
+        every frame's metadata. Default: the files' own (none for
+        headerless dumps: identity).
     progress : bool
         Progress bars.
     **fuse_options
@@ -94,7 +112,16 @@ def fuse_raw(
     -------
     CameraResult
     """
+    # Checked before reading and fusing, which take long.
+    wb = None if white_balance is None else check_white_balance(white_balance)
+    cm = None if color_matrix is None else check_color_matrix(color_matrix)
     burst = load_burst(source, **(headerless or {}))
+    for f in burst.info:
+        if wb is not None:
+            f.wb_multipliers = wb.copy()
+            f.wb_known = True
+        if cm is not None:
+            f.color_matrix = cm.copy()
     if isinstance(reference, str):
         if reference != "auto":
             raise ValueError(f"reference: expected a frame index or 'auto', got {reference!r}")
@@ -120,6 +147,34 @@ def fuse_raw(
     return CameraResult(fusion=result, burst=burst, reference_rule=rule, noise_source=source_name)
 
 
+def resolve_white_balance(camera_rgb: np.ndarray, info, white_balance=None) -> tuple[np.ndarray, str]:
+    """The white-balance gains :func:`develop` applies, and where they come from.
+
+    Parameters
+    ----------
+    camera_rgb : ndarray of float, shape (H, W, 3)
+        Linear camera RGB (a fused RAW burst), 1 = white level.
+    info : RawFrame
+        Metadata of the reference frame.
+    white_balance : sequence of 3 float, optional
+        Gains given by the caller; they win over the file.
+
+    Returns
+    -------
+    gains : ndarray of float64, shape (3,)
+        Multipliers of (R, G, B).
+    source : {"given", "file", "grey world"}
+        ``"grey world"`` (:func:`mfsr.finishing.grey_world_gains` of
+        ``camera_rgb``) when nothing was given and the file has no white
+        balance (``info.wb_known`` False).
+    """
+    if white_balance is not None:
+        return check_white_balance(white_balance), "given"
+    if getattr(info, "wb_known", True):
+        return np.asarray(info.wb_multipliers, np.float64), "file"
+    return grey_world_gains(camera_rgb), "grey world"
+
+
 def develop(
     camera_rgb: np.ndarray,
     info,
@@ -128,6 +183,8 @@ def develop(
     exposure: float = 0.0,
     tone: str = "none",
     sharpen: float = 0.0,
+    white_balance=None,
+    color_matrix=None,
 ) -> np.ndarray:
     """Camera RGB -> linear sRGB for viewing, or unchanged for ``linear``.
 
@@ -136,23 +193,36 @@ def develop(
     camera_rgb : ndarray of float32, shape (H, W, 3)
         Linear camera RGB (a fused RAW burst).
     info : RawFrame
-        Metadata with ``wb_multipliers`` and ``color_matrix``.
+        Metadata with ``wb_multipliers``, ``wb_known`` and ``color_matrix``.
     linear : bool
         Keep linear camera RGB: no white balance, colour matrix, exposure,
         tone or sharpening (the engineer's output).
     exposure, tone, sharpen
         See :func:`mfsr.finishing.finish`.
+    white_balance : sequence of 3 float, optional
+        Gains for camera (R, G, B), each finite and > 0, overriding the
+        file's. Default: the file's as-shot gains, or, for a file without
+        white balance (headerless dumps), grey-world gains of ``camera_rgb``
+        (see :func:`resolve_white_balance`, which also says which was used).
+    color_matrix : array_like, shape (3, 3) or (9,), optional
+        White-balanced camera RGB -> linear sRGB, row-major
+        (``srgb = color_matrix @ cam``), overriding ``info.color_matrix``.
+        Default: the file's; identity when it has none.
 
     Returns
     -------
     ndarray of float32, shape (H, W, 3)
     """
+    cm = info.color_matrix if color_matrix is None else check_color_matrix(color_matrix)
+    if white_balance is not None:
+        check_white_balance(white_balance)
     if linear:
         return camera_rgb
+    gains, _ = resolve_white_balance(camera_rgb, info, white_balance)
     return finish(
         camera_rgb,
-        wb_multipliers=info.wb_multipliers,
-        color_matrix=info.color_matrix,
+        wb_multipliers=gains,
+        color_matrix=cm,
         exposure=exposure,
         tone=tone,
         sharpen=sharpen,

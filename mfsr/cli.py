@@ -155,6 +155,22 @@ def _build_parser() -> argparse.ArgumentParser:
         help="read headerless raw dumps of this size (16-bit words; needs --raw-bits and --cfa)",
     )
     raw.add_argument("--raw-bits", type=int, choices=(10, 12, 14, 16), help="bits per headerless sample")
+    raw.add_argument(
+        "--white-balance",
+        type=float,
+        nargs=3,
+        metavar=("R", "G", "B"),
+        help="white-balance gains of camera R, G, B, overriding the file's (default: the file's as-shot "
+        "gains; for files without any, e.g. headerless dumps, grey world, with a note)",
+    )
+    raw.add_argument(
+        "--color-matrix",
+        type=float,
+        nargs=9,
+        metavar="M",
+        help="white-balanced camera RGB -> linear sRGB as 9 numbers, row-major (each row gives one sRGB "
+        "channel), overriding the file's (default: the file's; identity for headerless dumps)",
+    )
     geo = f.add_argument_group("satellite passes (georeferenced GeoTIFF, JPEG2000, ...)")
     geo.add_argument(
         "--mask",
@@ -275,7 +291,10 @@ def _is_raw_input(args: argparse.Namespace) -> bool:
 
 def _fuse_raw(args: argparse.Namespace):
     """Fuse a RAW burst; returns (result, frames, cfa, develop)."""
-    from .camera import develop, fuse_raw, save_camera_image
+    from dataclasses import replace
+
+    from .camera import develop, fuse_raw, resolve_white_balance, save_camera_image
+    from .validation import check_color_matrix, check_white_balance
 
     headerless = None
     if args.raw_size is not None or args.raw_bits is not None:
@@ -290,6 +309,9 @@ def _fuse_raw(args: argparse.Namespace):
             headerless["white_level"] = args.white_level
     elif args.cfa is not None:
         raise ValueError("--cfa: RAW files carry their own CFA pattern (--cfa is for headerless dumps)")
+    # Checked here, before the fusion, so the message names the option.
+    wb = None if args.white_balance is None else check_white_balance(args.white_balance, "--white-balance")
+    cm = None if args.color_matrix is None else check_color_matrix(args.color_matrix, "--color-matrix")
     out = Path(args.output)
     linear = args.linear if args.linear is not None else out.suffix.lower() == ".dng"
     cam = fuse_raw(
@@ -298,15 +320,30 @@ def _fuse_raw(args: argparse.Namespace):
         reference="auto" if args.reference is None else args.reference,
         noise=None if args.noise is None else tuple(args.noise),
         headerless=headerless,
+        white_balance=wb,
+        color_matrix=cm,
         progress=not args.quiet,
         **_fuse_options(args),
     )
     info = cam.reference_info
+    # One set of gains for everything developed (the output, the report's
+    # single frame): grey world measured on the fused image, not per picture.
+    gains, wb_source = resolve_white_balance(cam.fusion.image, info)
+    if wb_source == "grey world":
+        # A DNG output carries the gains as its AsShotNeutral, so readers develop it without a cast.
+        info = replace(info, wb_multipliers=gains, wb_known=True)
+        if not args.quiet and (not linear or out.suffix.lower() == ".dng" or args.report):
+            name = info.path.name if info.path else "the input"
+            print(
+                f"mfsr: note: no white balance in {name}; grey-world gains "
+                f"{gains[0]:.3f} {gains[1]:.3f} {gains[2]:.3f} used; give --white-balance to override",
+                file=sys.stderr,
+            )
 
     def dev(image: np.ndarray, *, for_viewing: bool = False) -> np.ndarray:
         return develop(
             image, info, linear=linear and not for_viewing,
-            exposure=args.exposure, tone=args.tone, sharpen=args.sharpen,
+            exposure=args.exposure, tone=args.tone, sharpen=args.sharpen, white_balance=gains,
         )
 
     save_camera_image(out, dev(cam.fusion.image), info, linear=linear, dtype=args.dtype)
@@ -350,6 +387,9 @@ def _fuse_images(args: argparse.Namespace):
     from .image_io import read_frames, write_image
     from .sharpness import sharpest_frame
 
+    for flag, value in (("--white-balance", args.white_balance), ("--color-matrix", args.color_matrix)):
+        if value is not None:
+            raise ValueError(f"{flag}: only for camera RAW bursts (image files are already developed)")
     frames, infos = read_frames(
         args.frames,
         transfer=args.transfer,
@@ -399,7 +439,8 @@ def _fuse_geo(args: argparse.Namespace, passes: list[Path]) -> int:
     for flag, value in (("--cfa", args.cfa), ("--report", args.report), ("--save-flow", args.save_flow),
                         ("--linear/--finish", args.linear), ("--raw-size", args.raw_size),
                         ("--refine", args.refine or None), ("--save-refinement", args.save_refinement),
-                        ("--merge-sharpen", args.merge_sharpen), ("--psf-sigma", args.psf_sigma)):
+                        ("--merge-sharpen", args.merge_sharpen), ("--psf-sigma", args.psf_sigma),
+                        ("--white-balance", args.white_balance), ("--color-matrix", args.color_matrix)):
         if value is not None:
             raise ValueError(f"{flag}: not available for georeferenced passes")
     if args.reference == "auto":

@@ -94,6 +94,56 @@ def finish(
     return out
 
 
+def grey_world_gains(
+    image: np.ndarray,
+    *,
+    black: float = 0.02,
+    clip: float = 0.95,
+) -> np.ndarray:
+    """White-balance gains that make the scene grey on average (grey world).
+
+    The mean of each channel is taken over the pixels that carry colour:
+    every channel above ``black`` (black borders, deep shadows and their
+    noise hold no colour) and below ``clip`` (a clipped channel has lost the
+    ratio between channels, and large blown-out areas would pull the gains
+    towards 1). When fewer than 1 % of the pixels qualify (a very dark or
+    blown-out frame), all pixels with every channel in (0, ``clip``) are
+    used instead.
+
+    Parameters
+    ----------
+    image : ndarray of float, shape (H, W, 3)
+        Linear camera RGB, normalised so 1 is the white level.
+    black, clip : float
+        Thresholds in the same normalised units, 0 <= black < clip.
+
+    Returns
+    -------
+    ndarray of float64, shape (3,)
+        Gains for (R, G, B) with G = 1; all ones when no pixel qualifies.
+
+    Raises
+    ------
+    ValueError
+        On a wrong shape or thresholds out of order.
+    """
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"image: expected an (H, W, 3) camera RGB image, got shape {img.shape}")
+    if not (np.isfinite(black) and np.isfinite(clip) and 0 <= black < clip):
+        raise ValueError(f"black, clip: expected 0 <= black < clip, got {black!r}, {clip!r}")
+    rgb = img.reshape(-1, 3)
+    lo = rgb.min(axis=1)
+    hi = rgb.max(axis=1)  # NaN in any channel makes lo/hi NaN and fails both tests
+    use = (lo > black) & (hi < clip)
+    if np.count_nonzero(use) < 0.01 * rgb.shape[0]:
+        use = (lo > 0) & (hi < clip)
+    if not use.any():
+        return np.ones(3)
+    means = rgb[use].astype(np.float64).mean(axis=0)
+    return means[1] / means
+
+
 def _soft_highlights(rgb: np.ndarray, white: float) -> np.ndarray:
     # Extended Reinhard on luminance: L' = L (1 + L / w^2) / (1 + L), which maps
     # w to 1 and leaves the shadows nearly linear; scaling RGB by L'/L keeps hue.

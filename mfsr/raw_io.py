@@ -80,6 +80,12 @@ class RawFrame:
         mosaic itself is always in sensor orientation.
     path : Path or None
         File the frame came from.
+    wb_known : bool
+        Whether ``wb_multipliers`` are known gains (the file's as-shot white
+        balance, or given by the user) rather than the all-ones placeholder
+        of a file without white balance (headerless dumps, RAW files without
+        as-shot gains); :func:`mfsr.camera.develop` balances the latter by
+        grey world.
     """
 
     mosaic: np.ndarray
@@ -93,6 +99,7 @@ class RawFrame:
     noise_profile: np.ndarray | None = None
     orientation: int = 1
     path: Path | None = None
+    wb_known: bool = True
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -234,7 +241,8 @@ def read_raw(path: str | os.PathLike) -> RawFrame:
 
     # White-balance gains follow color_desc; the second green (index 3) may be 0.
     wb = np.array([cam_wb[desc.index(c)] for c in "RGB"])
-    wb = wb / wb[1] if np.all(wb > 0) else np.ones(3)
+    wb_known = bool(np.all(wb > 0))
+    wb = wb / wb[1] if wb_known else np.ones(3)
     profile, tiff_iso = _tiff_extras(path)
     return RawFrame(
         mosaic=_normalise(data, black, white),
@@ -248,6 +256,7 @@ def read_raw(path: str | os.PathLike) -> RawFrame:
         noise_profile=profile,
         orientation=orientation,
         path=path,
+        wb_known=wb_known,
     )
 
 
@@ -285,8 +294,8 @@ def read_headerless(
     -------
     frame : RawFrame
         ``mosaic`` of shape (height, width) float32; no colour metadata
-        (unit white balance, ``color_matrix``, ``iso``, ``exposure_time`` and
-        ``noise_profile`` None).
+        (unit white balance with ``wb_known`` False, ``color_matrix``,
+        ``iso``, ``exposure_time`` and ``noise_profile`` None).
 
     Raises
     ------
@@ -335,6 +344,7 @@ def read_headerless(
         white_level=white,
         wb_multipliers=np.ones(3),
         path=path,
+        wb_known=False,
     )
 
 

@@ -157,3 +157,61 @@ def check_psf_sigma(psf_sigma: float | None) -> float | None:
     if not np.isfinite(s) or s < 0:
         raise ValueError(f"psf_sigma: expected a finite number >= 0 (input pixels), got {psf_sigma!r}")
     return s
+
+
+def _numbers(value, name: str) -> np.ndarray:
+    # Strings are sequences too; reject them rather than read their characters.
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name}: expected numbers, got {value!r}")
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected numbers, got {value!r}") from None
+
+
+def check_white_balance(white_balance, name: str = "white_balance") -> np.ndarray:
+    """Return white-balance gains as a float64 array of shape (3,), or raise naming ``name``.
+
+    Parameters
+    ----------
+    white_balance : sequence of 3 numbers
+        Multipliers of camera (R, G, B); each finite and > 0. They are used
+        as given, not normalised.
+    name : str
+        The argument's name in error messages (``"--white-balance"`` on the
+        command line).
+
+    Returns
+    -------
+    ndarray of float64, shape (3,)
+    """
+    wb = _numbers(white_balance, name).reshape(-1)
+    if wb.size != 3:
+        raise ValueError(f"{name}: expected 3 gains (R G B), got {wb.size}")
+    if not np.all(np.isfinite(wb)) or np.any(wb <= 0):
+        raise ValueError(f"{name}: expected 3 finite gains > 0 (R G B), got {wb.tolist()}")
+    return wb
+
+
+def check_color_matrix(color_matrix, name: str = "color_matrix") -> np.ndarray:
+    """Return a camera RGB -> linear sRGB matrix as float64 (3, 3), or raise naming ``name``.
+
+    Parameters
+    ----------
+    color_matrix : array_like of 9 numbers, shape (3, 3) or (9,)
+        Row-major: ``srgb = color_matrix @ camera_rgb`` for white-balanced
+        camera RGB (each row gives one sRGB channel). All finite.
+    name : str
+        The argument's name in error messages (``"--color-matrix"`` on the
+        command line).
+
+    Returns
+    -------
+    ndarray of float64, shape (3, 3)
+    """
+    cm = _numbers(color_matrix, name)
+    if cm.size != 9 or cm.shape not in ((9,), (3, 3)):
+        raise ValueError(f"{name}: expected 9 numbers (a 3x3 matrix, row-major), got shape {cm.shape}")
+    if not np.all(np.isfinite(cm)):
+        raise ValueError(f"{name}: expected finite numbers, got {cm.ravel().tolist()}")
+    return cm.reshape(3, 3)
