@@ -28,6 +28,7 @@ pass, beyond what the geotransforms say.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,20 @@ from mfsr.validation import check_scale
 
 from .coregister import estimate_shift
 from .grid import Grid, choose_grid, open_on_grid, output_grid, place_pass, scale_fraction
-from .masked_fusion import HALO, back_project, finish_window, fuse_window, warp_translate
+from .masked_fusion import (
+    GUARD_ROUNDS,
+    HALO,
+    back_project,
+    clamp_to_bounds,
+    fill_from_neighbours,
+    finish_window,
+    fuse_window,
+    masked_median,
+    nyquist_guard,
+    sample_radius_floor,
+    upsample_cubic,
+    warp_translate,
+)
 from .masks import MaskSpec, parse_masks, read_mask_window
 from .passes import PassInfo, check_compatible, read_pass_info, read_window
 from .radiometry import fit_linear, masked_noise, working_range
@@ -60,6 +74,18 @@ SATELLITE_PARAMS = FusionParams(sharpen_amount=0.0, k_detail=0.25)
 # Registration and radiometric fits use only values within this distance of
 # the middle of the reference's working range [0, 1] (normalised units).
 OUTLIER_RANGE = 1.0
+# Output values stay within the local range of the accepted samples widened
+# by this many noise standard deviations (see masked_fusion.clamp_to_bounds).
+OVERSHOOT_SIGMAS = 3.0
+# A registered pass whose band correlates less than this with the
+# reference's (intensities, jointly clear pixels) gets a warning: another
+# band or a changed scene, so its shift may be meaningless.
+MIN_BAND_CORRELATION = 0.5
+# Automatic reference: passes whose clear score is within this of the best
+# one count as equally clear, and the sharpest of them is taken.
+CLEAR_TIE = 0.02
+# Centre wavelengths differing by more than this fraction: different bands.
+WAVELENGTH_TOLERANCE = 0.1
 
 
 @dataclass
@@ -94,6 +120,7 @@ class GeoFusionResult:
         Whether each pass was read on its own grid (offset carried) or warped.
     scale : float
     reference : int
+        Index of the reference pass (given, or chosen automatically).
     noise : (float, float)
         Noise model of the normalised samples.
     crs, transform, width, height :
@@ -125,9 +152,11 @@ class GeoFusionResult:
     confidence_path: Path | None = None
     count_path: Path | None = None
     n_tiles: int = 0
+    reference_reason: str = ""
+    clear_scores: np.ndarray | None = None
 
     def summary(self, paths=None) -> str:
-        """Human-readable table of the per-pass shifts and adjustments."""
+        """Human-readable table of the per-pass shifts and adjustments, and the reference choice."""
         lines = ["pass  dy(px)   dx(px)   corr   gain    offset    valid"]
         for k in range(self.shifts.shape[0]):
             name = "" if paths is None else "  " + Path(str(paths[k])).name
@@ -137,6 +166,8 @@ class GeoFusionResult:
                 f"{self.gains[k, 0]:6.3f}  {self.offsets[k, 0]:+8.3g}  {self.valid_fractions[k]:5.1%}"
                 f"{name}{ref}"
             )
+        if self.reference_reason:
+            lines.append(f"reference: pass {self.reference} ({self.reference_reason})")
         return "\n".join(lines)
 
 
@@ -168,6 +199,7 @@ class _Context:
     reference: int = 0
     back_projection: int = 2
     clip: tuple[float, float] | None = None
+    margin: float = 0.0  # allowed overshoot beyond the local sample range, normalised
 
 
 def _read_pass(ps: _Pass, grid: Grid, bands, rows, cols) -> tuple[np.ndarray, np.ndarray]:
@@ -219,6 +251,7 @@ def _fuse_tile(args) -> tuple[TileTask, np.ndarray, np.ndarray, np.ndarray]:
             ref_frame = frames[-1][:hr, :wr].copy()
             ref_valid = valid[:hr, :wr].copy()
     s = ctx.scale
+    n_live = sum(bool(v.any()) for v in valids)
     if not frames:  # no pass reaches this tile (possible only off the reference's own grid)
         oh = _out_index(task.core_rows[1], ctx.grid.height, ctx.out_height, s) - _out_index(
             task.core_rows[0], ctx.grid.height, ctx.out_height, s)
@@ -228,15 +261,48 @@ def _fuse_tile(args) -> tuple[TileTask, np.ndarray, np.ndarray, np.ndarray]:
                 np.zeros((oh, ow), np.float32), np.zeros((oh, ow), np.uint16))
     o0 = (_out_index(r0, ctx.grid.height, ctx.out_height, s), _out_index(c0, ctx.grid.width, ctx.out_width, s))
     o1 = (_out_index(r1, ctx.grid.height, ctx.out_height, s), _out_index(c1, ctx.grid.width, ctx.out_width, s))
-    num, den, count = fuse_window(
-        frames, valids, np.array(fracs), (hr, wr), (o1[0] - o0[0], o1[1] - o0[1]), s,
-        ctx.noise, ctx.params, composite_robustness=ctx.robust, reference=ref_pos,
-    )
+    out_shape = (o1[0] - o0[0], o1[1] - o0[1])
+    if len(ctx.passes) == 1:
+        # One pass: nothing to fuse; a cubic-spline interpolation is the
+        # honest product (the fusion kernel is a local average, below it).
+        img, den = upsample_cubic(frames[0], valids[0], fracs[0], out_shape, s)
+        count = (den > 0).astype(np.uint16)
+    else:
+        num, den, count, lo_b, hi_b, covered = fuse_window(
+            frames, valids, np.array(fracs), (hr, wr), out_shape, s,
+            ctx.noise, ctx.params, composite_robustness=ctx.robust, reference=ref_pos,
+            radius_floor=sample_radius_floor(n_live), reject_floor=False, return_bounds=True,
+        )
+        img = finish_window(num, den, s, ctx.noise, ctx.params)
+        del num
+        # Back-projection before the clamp and the guard: they then take
+        # out its overshoot and whatever its correction leaves near the
+        # output's Nyquist frequency; after them, its correction would
+        # print the residual's sampling pattern back into the product.
+        if ctx.back_projection > 0 and ref_frame is not None:
+            img = back_project(img, ref_frame, ref_valid, s, ctx.back_projection)
+        # Seen by some pass but every pass rejected there and the reference
+        # invalid: filled from the accepted neighbours (count stays 0),
+        # never from rejected content (where the reference is valid, its
+        # own samples keep their floor weight in fuse_window).
+        seen = covered[_near_index(out_shape[0], s, hr)[:, None], _near_index(out_shape[1], s, wr)[None, :]]
+        img = fill_from_neighbours(img, seen & (den == 0))
     del frames, valids
-    img = finish_window(num, den, s, ctx.noise, ctx.params)
-    del num
-    if ctx.back_projection > 0 and ref_frame is not None:
-        img = back_project(img, ref_frame, ref_valid, s, ctx.back_projection)
+    if len(ctx.passes) > 1:
+        # Filled holes have no accepted sample nearby: no bound there (their
+        # values are weighted means of accepted neighbours). The guard comes
+        # after the clamp so that it also smooths the clamp's kinks; the
+        # next clamp catches the guard's ripple where it passes a bound, but
+        # its own kinks are hard steps in the slope, energy at the output
+        # Nyquist frequency again. Each further round of guard and clamp
+        # cuts only the previous guard's ripple, a fraction of the previous
+        # cut, so after GUARD_ROUNDS the last clamp's kinks are too small to
+        # print a pattern while every pixel stays within its bounds. A
+        # single pass keeps its plain cubic interpolation (the spline's
+        # peaks between samples are part of it).
+        img = clamp_to_bounds(img, lo_b, hi_b, s, ctx.margin)
+        for _ in range(GUARD_ROUNDS):
+            img = clamp_to_bounds(nyquist_guard(img, s), lo_b, hi_b, s, ctx.margin)
     y0 = _out_index(task.core_rows[0], ctx.grid.height, ctx.out_height, s) - o0[0]
     y1 = _out_index(task.core_rows[1], ctx.grid.height, ctx.out_height, s) - o0[0]
     x0 = _out_index(task.core_cols[0], ctx.grid.width, ctx.out_width, s) - o0[1]
@@ -249,6 +315,11 @@ def _fuse_tile(args) -> tuple[TileTask, np.ndarray, np.ndarray, np.ndarray]:
         # overshoots next to saturated pixels).
         core = np.clip(core, ctx.clip[0], ctx.clip[1])
     return task, core.astype(np.float32), den[y0:y1, x0:x1].copy(), count[y0:y1, x0:x1].copy()
+
+
+def _near_index(n_out: int, scale: float, n_ref: int) -> np.ndarray:
+    # Nearest reference pixel of every output pixel (pixel-area geometry).
+    return np.clip(np.floor((np.arange(n_out) + 0.5) / scale), 0, n_ref - 1).astype(np.intp)
 
 
 def _sample_windows(h: int, w: int, size: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
@@ -281,7 +352,7 @@ def fuse_rasters(
     out_path,
     scale: float = 2.0,
     masks=None,
-    reference: int = 0,
+    reference: int | str | None = "auto",
     *,
     bands=None,
     tile: int = 1024,
@@ -323,9 +394,14 @@ def fuse_rasters(
         = cloud/invalid), ``(path, band)``, or an int band of the pass itself
         (see :mod:`mfsr.geo.masks`). nodata and internal masks are always
         honoured. Masked pixels never contribute.
-    reference : int
+    reference : int, "auto" or None
         Index of the reference pass (negative counts from the end): its grid
-        and radiometry are the output's.
+        and radiometry are the output's. ``"auto"`` (default) or None takes
+        the best pass: the most pixels that are valid (not nodata, not
+        masked) and agree with the other passes' per-pixel median (no
+        unmasked cloud or change), and among passes within ``CLEAR_TIE`` of
+        the best, the sharpest (mean gradient magnitude); the result's
+        ``reference_reason`` says why.
     bands : sequence of int or None
         1-based bands to fuse (default: all, minus a band used as mask).
     tile : int
@@ -370,12 +446,11 @@ def fuse_rasters(
         Side of the sample windows used for the global estimates, px.
     back_projection : int
         Iterations of back-projection to the reference pass's valid pixels
-        after the fusion (:func:`mfsr.geo.masked_fusion.back_project`); 0
-        disables it. The fused product is a composite of dates; two
-        iterations make it re-degrade to the reference date (downscale
-        consistency on Sentinel-2: 22 to 30 dB without, 43 to 46 dB with,
-        bicubic upsampling 39 to 42 dB) at no cost in cPSNR on synthetic
-        passes.
+        after the fusion (:func:`mfsr.geo.masked_fusion.back_project`, cubic
+        spline upsampling of the residual); 0 disables it. The fused product
+        is a composite of dates; back-projection makes it re-degrade to the
+        reference date, well beyond what a bicubic upsampling of that date
+        does, before the overshoot clamp and the Nyquist guard.
     params : FusionParams, optional
         Kernel, robustness and sharpening parameters of the fusion; default
         :data:`SATELLITE_PARAMS`.
@@ -424,12 +499,14 @@ def fuse_rasters(
     path_list = _as_paths(paths)
     scale = check_scale(scale)
     frac = scale_fraction(scale)
-    if isinstance(reference, bool) or not isinstance(reference, (int, np.integer)):
-        raise TypeError(f"reference: expected an integer index, got {reference!r}")
     n = len(path_list)
-    if not -n <= reference < n:
-        raise ValueError(f"reference: index {reference} out of range for {n} passes")
-    reference = int(reference) % n
+    auto_reference = reference is None or (isinstance(reference, str) and reference == "auto")
+    if not auto_reference:
+        if isinstance(reference, bool) or not isinstance(reference, (int, np.integer)):
+            raise TypeError(f"reference: expected an integer index, 'auto' or None, got {reference!r}")
+        if not -n <= reference < n:
+            raise ValueError(f"reference: index {reference} out of range for {n} passes")
+        reference = int(reference) % n
     if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 16:
         raise ValueError(f"tile: expected an integer >= 16, got {tile!r}")
     if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) or max_shift < 2:
@@ -474,6 +551,13 @@ def fuse_rasters(
     if bands is None and own:
         bands = [b for b in range(1, infos[0].count + 1) if b not in own]
     band_idx = check_compatible(infos, None if bands is None else tuple(bands))
+    _check_same_bands(infos, band_idx)
+    clear_scores = None
+    if auto_reference:
+        reference, reason, clear_scores = _choose_reference(
+            infos, specs, band_idx, dst_crs, resolution, int(sample))
+    else:
+        reason = "given"
     ref_info = infos[reference]
     grid = choose_grid(ref_info, dst_crs, resolution)
     placements = [place_pass(info, grid) for info in infos]
@@ -564,10 +648,22 @@ def fuse_rasters(
                 total = np.asarray(fr, np.float64)
                 registered[k] = False
         est_shift[k] = total - np.asarray(fr)
-        if radiometric:
-            for b in range(nb):
-                g_sum, o_sum = _fit_band(ref_norm, ref_est, movs, mov_est, b, total, margin)
+        band_corr = []
+        for b in range(nb):
+            g_sum, o_sum, r_b = _fit_band(ref_norm, ref_est, movs, mov_est, b, total, margin)
+            if radiometric:
                 gains[k, b], offs[k, b] = g_sum, o_sum
+            band_corr.append(r_b)
+        if registered[k] and shifts is None:
+            low = [(band_idx[b], r) for b, r in enumerate(band_corr) if r < MIN_BAND_CORRELATION]
+            if low:
+                worst = min(low, key=lambda t: t[1])
+                warnings.warn(
+                    f"{infos[k].path}: after registration, band {worst[0]} correlates at {worst[1]:.2f} "
+                    f"with the reference's (< {MIN_BAND_CORRELATION:g}): another band or a changed scene; "
+                    f"its shift ({est_shift[k, 0]:+.2f}, {est_shift[k, 1]:+.2f}) px may be meaningless",
+                    stacklevel=2,
+                )
         del movs, mvalids
 
     passes = []
@@ -578,7 +674,7 @@ def fuse_rasters(
     ctx = _Context(
         tuple(passes), grid, band_idx, tuple(lo), tuple(hi), scale,
         out_grid.height, out_grid.width, noise, params, bool(robust), reference, int(back_projection),
-        _dtype_range(ref_info.dtype),
+        _dtype_range(ref_info.dtype), OVERSHOOT_SIGMAS * float(np.sqrt(noise[0] * 0.5 + noise[1])),
     )
 
     # --- Tiled fusion and output -------------------------------------------
@@ -593,6 +689,7 @@ def fuse_rasters(
         MFSR_SCALE=f"{scale:g}",
         MFSR_PASSES=";".join(Path(p).name for p in path_list),
         MFSR_REFERENCE=str(reference),
+        MFSR_REFERENCE_REASON=reason,
         MFSR_SHIFTS=";".join(f"{dy:.4f},{dx:.4f}" for dy, dx in est_shift),
     )
     desc = [ref_info.descriptions[b - 1] if b - 1 < len(ref_info.descriptions) else None for b in band_idx]
@@ -653,6 +750,8 @@ def fuse_rasters(
         confidence_path=None if save_confidence is None else Path(save_confidence),
         count_path=None if save_count is None else Path(save_count),
         n_tiles=len(tasks),
+        reference_reason=reason,
+        clear_scores=clear_scores,
     )
 
 
@@ -670,8 +769,8 @@ def _shift_window(rng: tuple[int, int], offset: float) -> tuple[int, int]:
     return a, a + rng[1] - rng[0]
 
 
-def _fit_band(ref_norm, ref_valid, movs, mvalids, b, total, margin) -> tuple[float, float]:
-    """Radiometric gain/offset of band ``b`` (normalised values) after the shift."""
+def _fit_band(ref_norm, ref_valid, movs, mvalids, b, total, margin) -> tuple[float, float, float]:
+    """Radiometric gain/offset of band ``b`` (normalised values) after the shift, and their correlation."""
     refs, movw, wts = [], [], []
     iy, ix = int(np.floor(total[0])), int(np.floor(total[1]))
     f = (total[0] - iy, total[1] - ix)
@@ -687,5 +786,146 @@ def _fit_band(ref_norm, ref_valid, movs, mvalids, b, total, margin) -> tuple[flo
         movw.append(warp_translate(sub, f, (h, w))[ok])
         wts.append(np.ones(int(ok.sum())))
     if not refs:
-        return 1.0, 0.0
-    return fit_linear(np.concatenate(refs), np.concatenate(movw), np.concatenate(wts))
+        return 1.0, 0.0, float("nan")
+    r_all, m_all = np.concatenate(refs), np.concatenate(movw)
+    g, o = fit_linear(r_all, m_all, np.concatenate(wts))
+    corr = float("nan")
+    if r_all.size >= 16 and r_all.std() > 0 and m_all.std() > 0:
+        corr = float(np.corrcoef(r_all, m_all)[0, 1])
+    return g, o, corr
+
+
+_BAND_TOKEN = re.compile(r"(?:^|[_\-.\s])(?:B|BAND)0*(\d{1,2}A?)(?=[_\-.\s]|$)", re.IGNORECASE)
+_WAVELENGTH_KEYS = ("wavelength", "central_wavelength", "center_wavelength", "wavelength_nm")
+
+
+def _band_label(info: PassInfo, b: int) -> tuple[str | None, str | None]:
+    """(description, band token of the file name) of 1-based band ``b`` of a one-band file, lower case."""
+    desc = info.descriptions[b - 1] if b - 1 < len(info.descriptions) else None
+    token = None
+    if info.count == 1:
+        m = _BAND_TOKEN.findall(Path(info.path).stem)
+        token = m[-1].upper() if len(m) == 1 else None
+    return (desc.strip().lower() if desc else None), token
+
+
+def _wavelength(info: PassInfo, b: int) -> float | None:
+    tags = info.band_tags[b - 1] if b - 1 < len(info.band_tags) else {}
+    for key, value in tags.items():
+        if key.lower() in _WAVELENGTH_KEYS:
+            try:
+                return float(str(value).split()[0])
+            except ValueError:
+                return None
+    return None
+
+
+def _check_same_bands(infos: list[PassInfo], bands: tuple[int, ...]) -> None:
+    """Refuse or flag passes whose bands are not the reference's same bands.
+
+    Centre wavelengths (band tags) more than ``WAVELENGTH_TOLERANCE`` apart
+    raise: no registration or radiometric fit makes a red band a near
+    infrared one. Different band descriptions, or band numbers in
+    one-band file names (``..._B4.tif`` against ``..._B8.tif``), warn:
+    names are not always reliable, but a registration between different
+    bands reports a shift that is not one.
+    """
+    first = infos[0]
+    for info in infos[1:]:
+        for b in bands:
+            w0, w1 = _wavelength(first, b), _wavelength(info, b)
+            if w0 and w1 and abs(w1 - w0) > WAVELENGTH_TOLERANCE * max(w0, w1):
+                raise ValueError(
+                    f"paths: band {b} of {info.path} is centred at {w1:g} but band {b} of {first.path} "
+                    f"at {w0:g}: different spectral bands cannot be fused (select the same band with bands=)"
+                )
+            (d0, t0), (d1, t1) = _band_label(first, b), _band_label(info, b)
+            if d0 and d1 and d0 != d1:
+                warnings.warn(
+                    f"{info.path}: band {b} is described as {d1!r} but band {b} of {first.path} as {d0!r}: "
+                    "different bands? A shift between different bands is not a misregistration",
+                    stacklevel=3,
+                )
+            elif t0 and t1 and t0 != t1:
+                warnings.warn(
+                    f"{info.path}: its file name says band {t1} but {first.path}'s says band {t0}: "
+                    "different bands? A shift between different bands is not a misregistration",
+                    stacklevel=3,
+                )
+
+
+def _choose_reference(infos, specs, band_idx, dst_crs, resolution, sample) -> tuple[int, str, np.ndarray]:
+    """The best pass as reference: clearest (valid and agreeing with the others), then sharpest.
+
+    Every pass is read on the sample windows of the first pass's working
+    grid (the geotransforms place them; a residual misregistration of a
+    pixel or two hardly changes the scores). Bands are normalised with one
+    range pooled over all passes; a pixel of a pass is *clear* where it is
+    valid and its grey value lies within 3 robust standard deviations (at
+    least 0.02) of the per-pixel median of the valid passes.
+
+    Returns
+    -------
+    reference : int
+    reason : str
+    clear : ndarray of float64, shape (N,)
+        Fraction of clear pixels of every pass over the sample windows.
+    """
+    from scipy.ndimage import gaussian_gradient_magnitude
+
+    n = len(infos)
+    if n == 1:
+        return 0, "the only pass", np.ones(1)
+    grid = choose_grid(infos[0], dst_crs, resolution)
+    windows = _sample_windows(grid.height, grid.width, sample)
+    nb = len(band_idx)
+    data = []  # per window: (N, h, w, C), (N, h, w)
+    for rows, cols in windows:
+        ds, vs = [], []
+        for info, spec in zip(infos, specs):
+            pl = place_pass(info, grid)
+            ps = _Pass(info, pl.native, pl.offset, spec, (1.0,) * nb, (0.0,) * nb)
+            d, v = _read_pass(ps, grid, band_idx, _shift_window(rows, ps.total[0]), _shift_window(cols, ps.total[1]))
+            ds.append(d)
+            vs.append(v)
+        data.append((np.stack(ds), np.stack(vs)))
+    pooled = [d[v] for d, v in data if v.any()]
+    if not pooled:
+        return 0, "no pass has a valid pixel on the sample windows: the first", np.zeros(n)
+    allv = np.concatenate(pooled).astype(np.float64)
+    lo = np.percentile(allv, 1, axis=0)
+    hi = np.percentile(allv, 99, axis=0)
+    hi = np.where(hi > lo, hi, lo + 1.0)
+    greys, devs = [], []
+    for d, v in data:
+        g = ((d - lo) / (hi - lo)).mean(axis=-1).astype(np.float32)
+        med, _ = masked_median(g, v)
+        greys.append(g)
+        devs.append(np.abs(g - med[None]))
+    dv = np.concatenate([dev[v] for dev, (_, v) in zip(devs, data)])
+    tol = max(3.0 * 1.4826 * float(np.median(dv)) if dv.size else 0.0, 0.02)
+    clear_n = np.zeros(n)
+    total = 0
+    grad_sum = np.zeros(n)
+    grad_n = np.zeros(n)
+    for g, dev, (_, v) in zip(greys, devs, data):
+        ok = v & (dev <= tol)
+        clear_n += ok.reshape(n, -1).sum(axis=1)
+        total += v[0].size
+        for k in range(n):
+            if ok[k].any():
+                gm = gaussian_gradient_magnitude(np.where(v[k], g[k], np.median(g[k][v[k]]) if v[k].any() else 0.0)
+                                                 .astype(np.float64), 1.0, mode="nearest")
+                grad_sum[k] += gm[ok[k]].sum()
+                grad_n[k] += ok[k].sum()
+    clear = clear_n / max(total, 1)
+    sharp = np.where(grad_n > 0, grad_sum / np.maximum(grad_n, 1), 0.0)
+    best = float(clear.max())
+    cand = np.flatnonzero(clear >= best - CLEAR_TIE)
+    ref = int(cand[np.argmax(sharp[cand])])
+    others = ", ".join(f"{k}: {clear[k]:.0%}" for k in range(n) if k != ref)
+    reason = (f"automatic: {clear[ref]:.0%} of its pixels valid and agreeing with the other passes "
+              f"(others {others})")
+    if len(cand) > 1:
+        reason += f"; sharpest of the {len(cand)} clearest"
+    return ref, reason, clear

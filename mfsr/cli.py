@@ -89,7 +89,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--reference",
         type=_reference,
         help="index of the reference frame, or 'auto': the sharpest of the first 3 "
-        "(default: auto for RAW bursts, 0 for image files)",
+        "(default: auto for RAW bursts, 0 for image files; for georeferenced passes auto, "
+        "the clearest and sharpest pass)",
     )
     f.add_argument(
         "--transfer",
@@ -443,15 +444,14 @@ def _fuse_geo(args: argparse.Namespace, passes: list[Path]) -> int:
                         ("--white-balance", args.white_balance), ("--color-matrix", args.color_matrix)):
         if value is not None:
             raise ValueError(f"{flag}: not available for georeferenced passes")
-    if args.reference == "auto":
-        raise ValueError("--reference: give the index of the reference pass for georeferenced passes")
     t0 = time.perf_counter()
     res = fuse_rasters(
         passes,
         args.output,
         scale=args.scale,
         masks=args.mask,
-        reference=args.reference or 0,
+        # No --reference (or 'auto'): the clearest, sharpest pass.
+        reference="auto" if args.reference is None else args.reference,
         tile=args.tile,
         scheduler=args.scheduler,
         overwrite=args.overwrite,
@@ -466,6 +466,7 @@ def _fuse_geo(args: argparse.Namespace, passes: list[Path]) -> int:
             dy, dx = res.shifts[k]
             tag = " (reference)" if k == res.reference else ("" if res.registered[k] else " (geotransform only)")
             print(f"{p.name[:39]:<40}{dy:>9.3f}{dx:>9.3f}{res.valid_fractions[k]:>8.1%}{tag}")
+        print(f"reference: pass {res.reference} ({passes[res.reference].name}): {res.reference_reason}")
         print(
             f"fused {len(passes)} passes -> {res.width}x{res.height} px (scale {args.scale:g}, "
             f"{res.n_tiles} tile(s)) in {time.perf_counter() - t0:.1f} s: {res.out_path}"

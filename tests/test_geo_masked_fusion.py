@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, maximum_filter, minimum_filter
 from scipy.ndimage import shift as nd_shift
 
 from mfsr.geo.masked_fusion import (
@@ -11,6 +11,7 @@ from mfsr.geo.masked_fusion import (
     fuse_window,
     masked_median,
     upsample_area,
+    upsample_spline,
     warp_translate,
 )
 from mfsr.metrics import degrade
@@ -139,3 +140,76 @@ def test_back_project_improves_consistency_and_keeps_nan():
     before = np.abs(degrade(np.nan_to_num(blurry[..., 0]), 2.0) - ref[..., 0])[4:, 4:].mean()
     after = np.abs(degrade(np.nan_to_num(out[..., 0]), 2.0) - ref[..., 0])[4:, 4:].mean()
     assert after < 0.5 * before
+
+
+def test_upsample_spline_matches_pixel_area_cubic_spline():
+    from scipy.ndimage import map_coordinates
+
+    rng = np.random.default_rng(9)
+    img = rng.random((6, 7, 2)).astype(np.float32)
+    out = upsample_spline(img, (12, 14), 2.0)
+    yy, xx = np.meshgrid((np.arange(12) + 0.5) / 2 - 0.5, (np.arange(14) + 0.5) / 2 - 0.5, indexing="ij")
+    for c in range(2):
+        ref = map_coordinates(img[..., c].astype(np.float64), [yy, xx], order=3, mode="nearest")
+        np.testing.assert_allclose(out[..., c], ref, atol=1e-6)
+    np.testing.assert_allclose(upsample_spline(img[..., 0], (12, 14), 2.0), out[..., 0], atol=0)
+    flat = upsample_spline(np.full((5, 5), 0.3, np.float32), (15, 15), 3.0)
+    np.testing.assert_allclose(flat, 0.3, atol=1e-6)
+
+
+def test_back_project_spline_residual_leaves_no_hatching():
+    # An aliased reference (a period-2.5 px grating averaged over its
+    # pixels) and a smooth start: the bilinear correction puts the
+    # residual's spectral images near the output's Nyquist frequency, the
+    # cubic spline's far less, and reaches a closer consistency.
+    from mfsr.geo.masked_fusion import nyquist_energy
+
+    yy, xx = np.mgrid[0:96, 0:96] / 2.0
+    hr = 0.5 + 0.3 * np.sin(2 * np.pi * (xx + 0.3 * yy) / 1.25)
+    ref = degrade(hr.astype(np.float32), 2.0)[..., None]
+    start = upsample_area(gaussian_filter(ref[..., 0], 1.5)[..., None], (96, 96), 2.0)
+    valid = np.ones(ref.shape[:2], bool)
+    err, nyq = {}, {}
+    for order in (1, 3):
+        out = back_project(start, ref, valid, 2.0, iterations=2, order=order)
+        err[order] = np.abs(degrade(out[..., 0], 2.0) - ref[..., 0])[4:-4, 4:-4].mean()
+        nyq[order] = nyquist_energy(out[8:-8, 8:-8, 0])
+    assert err[3] < err[1]
+    assert nyq[3] < 0.5 * nyq[1]
+    with pytest.raises(ValueError, match="order"):
+        back_project(start, ref, valid, 2.0, order=2)
+
+
+def test_reference_keeps_its_floor_where_every_frame_is_rejected(monkeypatch):
+    # Every frame rejected everywhere (as aliased texture can make the
+    # composite test do): with reject_floor=False only the reference keeps
+    # a weight, so its own samples, never another frame's, give the value.
+    import mfsr.geo.masked_fusion as mf
+    from mfsr.fusion import FusionParams
+
+    monkeypatch.setattr(mf, "robustness", lambda *a, **k: np.zeros(a[2].shape[1:], np.float32))
+    h = w = 24
+    rng = np.random.default_rng(10)
+    frames = [rng.random((h + 2, w + 2, 1)).astype(np.float32) for _ in range(3)]
+    valids = [np.ones((h + 2, w + 2), bool) for _ in range(3)]
+    valids[1][:, :12] = False  # the reference misses the left half
+    offs = np.zeros((3, 2))
+    num, den, count, lo, hi, covered = fuse_window(
+        [f.copy() for f in frames], valids, offs, (h, w), (h, w), 1.0, NOISE,
+        reference=1, reject_floor=False, return_bounds=True)
+    out = finish_window(num, den, 1.0, NOISE, FusionParams(sharpen_amount=0.0))[..., 0]
+    assert (count == 0).all() and covered.all()
+    assert (den[:, :10] == 0).all() and np.isnan(out[:, :10]).all()
+    right = (slice(2, -2), slice(14, -2))
+    ref = frames[1][:h, :w, 0]
+    assert (den[right] > 0).all()
+    assert (out[right] >= minimum_filter(ref, 3)[right] - 1e-6).all()
+    assert (out[right] <= maximum_filter(ref, 3)[right] + 1e-6).all()
+    # The bounds hold the reference's samples, and only them.
+    np.testing.assert_allclose(lo[right][..., 0], minimum_filter(ref, 3)[right])
+    np.testing.assert_allclose(hi[right][..., 0], maximum_filter(ref, 3)[right])
+    assert np.isinf(lo[:, :10]).all()
+    # No reference: rejected content gets no weight at all.
+    num, den, count = fuse_window([f.copy() for f in frames], valids, offs, (h, w), (h, w), 1.0, NOISE,
+                                  reject_floor=False)
+    assert (den == 0).all()
