@@ -323,7 +323,7 @@ def test_self_ensemble_averages_the_views(size):
     net = _random_net(5)
     # sides a multiple of 4: the local mean's coarse grid then turns with the image
     img, conf = _inputs((64, 64, 3), seed=5)
-    kw = dict(cfa=True, scale=2.0, noise=NOISE, weights=net, precision="fp32")
+    kw = dict(cfa=True, scale=2.0, noise=NOISE, weights=net, precision="fp32", overshoot=np.inf)  # the bound is not linear
     single = refine_image(img, conf, ensemble=1, **kw)
     views = [(0, False), (1, False)] if size == 2 else [(k, f) for f in (False, True) for k in range(4)]
     expected = np.zeros_like(img)
@@ -393,8 +393,9 @@ def test_strength_zero_returns_fusion_and_one_is_raw():
     np.testing.assert_array_equal(
         refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, weights=net, strength=0.0), img
     )
-    full = refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, weights=net, strength=1.0)
-    half = refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, weights=net, strength=0.5)
+    # linear in the strength (without the overshoot bound, which is not)
+    full = refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, weights=net, strength=1.0, overshoot=np.inf)
+    half = refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, weights=net, strength=0.5, overshoot=np.inf)
     np.testing.assert_allclose(half - img, 0.5 * (full - img), atol=1e-6)
     with pytest.raises(ValueError, match="strength"):
         refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, weights=net, strength=1.5)
@@ -425,6 +426,13 @@ def test_calibrated_strength_is_interpolated_in_log_scale(tmp_path):
     (tmp_path / MANIFEST).write_text(json.dumps(manifest))
     assert refiner_strength("cfa", 1.0, path, psf_known=True) == pytest.approx(0.8)
     assert refiner_strength("cfa", 1.0, path) == pytest.approx(0.2)
+    # what real captures allow caps both tables; elsewhere the calibration stands
+    manifest["real_capture_limit"] = {"cfa": {"1": 0.1, "2": 0.8}}
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    assert refiner_strength("cfa", 1.0, path) == pytest.approx(0.1)
+    assert refiner_strength("cfa", 1.0, path, psf_known=True) == pytest.approx(0.1)
+    assert refiner_strength("cfa", 4.0, path) == pytest.approx(0.8)
+    assert refiner_strength("grey", 2.0, path) == 1.0
 
 
 def test_psf_feature_is_the_blur_in_output_pixels():
@@ -729,3 +737,28 @@ def test_calibration_gain_ignores_changes_far_below_the_loss_floor():
     assert floored_gain_db(10**-7.07, 10**-7.35) == pytest.approx(
         10 * np.log10((10**-7.35 + MSE_FLOOR) / (10**-7.07 + MSE_FLOOR)))
     assert -0.2 < floored_gain_db(10**-7.07, 10**-7.35) < 0.0
+
+
+def test_refinement_change_is_bounded_by_the_fused_neighbourhood():
+    """A wild network cannot ring, crush shadows to black or run away from the fusion."""
+    net = _random_net(7)
+    with torch.no_grad():  # make it wild: a large random residual
+        for prm in net.parameters():
+            prm.mul_(4.0)
+    img, conf = _inputs((48, 48, 3), seed=7)
+    img[:, :24] *= 0.01  # a dark half beside a bright one
+    kw = dict(cfa=False, scale=2.0, noise=NOISE, weights=net, strength=1.0, precision="fp32")
+    free = refine_image(img, conf, overshoot=np.inf, **kw)
+    held = refine_image(img, conf, **kw)
+    from scipy.ndimage import maximum_filter, minimum_filter
+
+    lo = minimum_filter(img, size=(3, 3, 1), mode="nearest")
+    hi = maximum_filter(img, size=(3, 3, 1), mode="nearest")
+    assert (free < lo - (hi - lo)).any() or (free > 2 * hi - lo).any()  # the bound has work to do
+    assert (held >= np.maximum(lo - (hi - lo), 0) - 1e-6).all() and (held <= 2 * hi - lo + 1e-6).all()
+    quarter = refine_image(img, conf, overshoot=0.25, **kw)  # a shadow keeps 3/4 of its level at least
+    assert (quarter >= np.maximum(lo - 0.25 * (hi - lo), 0.75 * lo) - 1e-6).all()
+    tight = refine_image(img, conf, overshoot=0.0, **kw)
+    assert (tight >= lo - 1e-6).all() and (tight <= hi + 1e-6).all()
+    with pytest.raises(ValueError, match="overshoot"):
+        refine_image(img, conf, overshoot=-1.0, **kw)

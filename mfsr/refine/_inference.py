@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
+from ..kernels.overshoot import limit_overshoot
 from ..validation import check_psf_sigma, check_scale
 from ._features import confidence_reference, global_features, pixel_features
 from ._network import RefineNet
@@ -133,6 +134,7 @@ def refine_image(
     psf_sigma: float | None = None,
     ensemble: int | None = None,
     precision: str = "auto",
+    overshoot: float = 1.0,
 ) -> np.ndarray:
     """Refine a fused image with the learned residual network.
 
@@ -197,11 +199,20 @@ def refine_image(
         the result stay float32). "auto" (default): bfloat16 on CPUs that
         compute it in hardware (:func:`native_bf16`; the network was trained
         under bfloat16), about twice as fast there, float32 elsewhere.
+    overshoot : float
+        Bound on the change: each refined channel stays within the range of
+        the fused image's 3x3 neighbourhood, widened by this fraction of that
+        range, and non-negative where that neighbourhood is
+        (:func:`mfsr.kernels.overshoot.limit_overshoot`). A correction can
+        steepen an edge or restore a peak the fusion flattened, but not ring
+        around it, crush a shadow to black, or run away on inputs unlike its
+        training data. ``inf`` lifts the bound.
 
     Returns
     -------
     refined : ndarray of float32, same shape as ``image``
-        Not clipped (like the fusion, values may leave [0, 1] slightly).
+        Not clipped to [0, 1] (like the fusion, values may leave it
+        slightly where the fusion's own neighbourhood does).
 
     Raises
     ------
@@ -263,6 +274,12 @@ def refine_image(
     strength = float(strength)
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength: expected a number in [0, 1], got {strength!r}")
+    if isinstance(overshoot, bool) or not isinstance(overshoot, (int, float, np.integer, np.floating)) \
+            or not overshoot >= 0:
+        raise ValueError(f"overshoot: expected a number >= 0 (inf for no bound), got {overshoot!r}")
+    if strength == 0.0:
+        # the default where real captures showed no gain: no network run at all
+        return img.copy()
     bf16 = precision == "bf16" or (precision == "auto" and native_bf16())
 
     h, w = img.shape[:2]
@@ -302,8 +319,16 @@ def refine_image(
     resid = resid[:h, :w]
     resid -= _local_mean(resid)
     resid *= np.float32(strength / len(views))
-    resid += img[:h, :w]
+    fused = img[:h, :w]
+    resid += fused
+    if overshoot < np.inf:
+        limit_overshoot(_as3(resid), _as3(np.ascontiguousarray(fused)), float(overshoot))
     return resid
+
+
+def _as3(a: np.ndarray) -> np.ndarray:
+    """(H, W) -> (H, W, 1) view; (H, W, C) unchanged."""
+    return a[..., None] if a.ndim == 2 else a
 
 
 def _residual(net: RefineNet, img: np.ndarray, conf: np.ndarray, g: torch.Tensor, *, alpha: float, beta: float,

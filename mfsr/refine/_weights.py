@@ -160,15 +160,26 @@ def refiner_strength(mode: str, scale: float, weights: str | os.PathLike | None 
     ``psf_known`` (the optical blur is given to the network) the table
     ``manifest["strength_known_psf"]`` is used where the manifest has one.
     1.0 when the manifest has no calibration (e.g. a bare weight file).
+
+    The simulated validation bursts do not cover everything real captures
+    hold (processed JPEG frames, real sensor texture), so the manifest may
+    also hold ``manifest["real_capture_limit"][mode]``, a table of the same
+    form measured on real captures (``benchmarks/bench_real.py``): the
+    strength never exceeds it, blur given or not.
     """
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
     _, manifest = _resolve(mode, weights)
     manifest = manifest or {}
     key = "strength_known_psf" if psf_known and "strength_known_psf" in manifest else "strength"
-    table = manifest.get(key, {}).get(mode)
+    strength = _interp_table(manifest.get(key, {}).get(mode), scale, 1.0)
+    return min(strength, _interp_table(manifest.get("real_capture_limit", {}).get(mode), scale, 1.0))
+
+
+def _interp_table(table: dict | None, scale: float, default: float) -> float:
+    """A manifest table {scale: value}, interpolated linearly in log2(scale), clipped to [0, 1]."""
     if not table:
-        return 1.0
+        return default
     pts = sorted((float(k), float(v)) for k, v in table.items())
     xs = np.log2([p[0] for p in pts])
     ys = np.clip([p[1] for p in pts], 0.0, 1.0)
