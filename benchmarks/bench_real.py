@@ -2,9 +2,10 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_real.py                  # everything (about 10 min on 2 cores)
-    .venv/bin/python benchmarks/bench_real.py --quick          # fewer frames / crops (about 2 min)
+    .venv/bin/python benchmarks/bench_real.py                  # every default section
+    .venv/bin/python benchmarks/bench_real.py --quick          # fewer frames / crops
     .venv/bin/python benchmarks/bench_real.py --only openisp   # one section (repeatable)
+    .venv/bin/python benchmarks/bench_real.py --only strength  # the refinement strength sweep
     .venv/bin/python benchmarks/bench_real.py --cpu            # only the machine header line
 
 The data are the real captures in ``../shared/data`` (beside the repository;
@@ -137,6 +138,18 @@ modis
     locally (min / max over all dates of the 3 x 3 native pixels around the
     output pixel: overshoot no input shows there).
 
+strength (only with ``--only strength``)
+    The sweep behind the manifest's ``real_capture_limit``: the refinement
+    (:func:`mfsr.refine.refine_image` with ``strength`` = each of
+    ``STRENGTHS``, default ensemble and precision) applied to the plain
+    fusion (``refine=False``) of the real cases above. Grey and RGB: the HDR+
+    held-out frames (grey = the frames' channel mean), scales 1 and 2; Bayer:
+    the openISP crops, clean and noisy pooled, scales 1 and 2. Per (mode,
+    scale) and strength: the mean and worst gain over the plain fusion. The
+    limit is the largest strength whose worst case loses no more than
+    ``LIMIT_LOSS`` dB and whose mean gain is not below that of a smaller
+    accepted strength (0 if none), printed beside the manifest's.
+
 Problems (exceptions in the engine on these data) are caught per case, shown
 in the tables as "error" and listed at the end.
 """
@@ -170,6 +183,11 @@ CBERS_DIR = DATA / "cbers4_awfi"
 MODIS_DIR = DATA / "modis_ndvi"
 
 SECTIONS = ("hdrplus", "openisp", "sentinel2", "cbers4", "modis")
+#: Sections run only when named with --only.
+EXTRA_SECTIONS = ("strength",)
+#: Refinement strengths of the sweep, and the worst loss (dB) a limit may allow.
+STRENGTHS = (0.0, 0.1, 0.25, 0.5, 0.8, 1.0)
+LIMIT_LOSS = 0.05
 
 #: HDR+ centre crop (rows, cols) of the 1200 x 1600 frames: 600 x 800.
 HDR_CROP = (slice(300, 900), slice(400, 1200))
@@ -550,7 +568,7 @@ def openisp_section(quick: bool = False) -> list[str]:
             cells = [res[(ci, s, nname)] for ci in range(len(corners))]
             ok = [c for c in cells if "default" in c and "norefine" in c]
             if not ok:
-                rows.append([f"x{s}", nname, len(corners)] + ["error"] * 7)
+                rows.append([f"x{s}", nname, len(corners)] + ["error"] * (9 if bf16 else 7))
                 continue
             d = np.array([c["default"] - c["norefine"] for c in ok])
             worst = int(np.argmin(d))
@@ -562,12 +580,13 @@ def openisp_section(quick: bool = False) -> list[str]:
                    f"{fmt(d[worst], signed=True)} ({worst_corner[0]}, {worst_corner[1]})",
                    f"{int((d < -0.1).sum())}", fmt(gain.mean(), signed=True)]
             if bf16:
-                row.append(fmt(np.mean([c["fp32"] - c["norefine"] for c in ok if "fp32" in c]), signed=True))
+                d32 = np.array([c["fp32"] - c["norefine"] for c in ok if "fp32" in c])
+                row += [fmt(d32.mean(), signed=True), fmt(d32.min(), signed=True)] if d32.size else ["error"] * 2
             rows.append(row)
     header = ["scale", "noise", "crops", "default PSNR", "refine=False PSNR", "single frame PSNR",
               "default - refine=False: mean", "worst crop (y, x)", "crops < -0.1 dB", "default - single: mean"]
     if bf16:
-        header.append("fp32 refinement - refine=False: mean")
+        header += ["fp32 refinement - refine=False: mean", "fp32: worst crop"]
     lines += [f"{len(corners)} crops of {ISP_CROP}x{ISP_CROP} (of {n_cand} on a {grid[0]}x{grid[1]} grid; near-flat "
               f"skipped: {', '.join(map(str, skipped)) or 'none'}), truth = RGGB cells as RGB. PSNR dB, {ISP_BORDER} px border excluded. Refinement "
               f"precision: {precision}.", ""]
@@ -915,20 +934,118 @@ def modis_section(quick: bool = False) -> list[str]:
 
 # ----------------------------------------------------------------------------- main
 
+
+# ----------------------------------------------------------------------------- refinement strength sweep
+
+
+def choose_limit(gains: dict) -> float:
+    """The largest strength whose worst gain is >= -LIMIT_LOSS and mean gain not below a smaller accepted one's.
+
+    ``gains`` maps strength -> array of gains (dB) over the plain fusion.
+    """
+    limit, best_mean = 0.0, 0.0
+    for st in sorted(gains):
+        g = np.asarray(gains[st], float)
+        if st == 0 or g.size == 0 or not np.all(np.isfinite(g)):
+            continue
+        if g.min() >= -LIMIT_LOSS and g.mean() >= best_mean:
+            limit, best_mean = float(st), float(g.mean())
+    return limit
+
+
+def strength_section(quick: bool = False) -> list[str]:
+    """Refinement strength sweep on the real cases (module docstring)."""
+    from mfsr import fuse, register
+    from mfsr.image_io import read_frames
+    from mfsr.metrics import psnr
+    from mfsr.refine import WEIGHTS_DIR, refine_image
+    from mfsr.synth import simulate_burst
+
+    lines = ["## strength: refinement strength on real captures (gain over the plain fusion, dB)", ""]
+    gains: dict = {}  # (mode, scale) -> strength -> list of gains
+
+    def sweep(mode, s, image, conf, noise, score):
+        plain = score(image)
+        for st in STRENGTHS[1:]:
+            out = refine_image(image, conf, cfa=mode == "cfa", scale=s, noise=noise, strength=st)
+            gains.setdefault((mode, s), {}).setdefault(st, []).append(score(out) - plain)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if HDRPLUS.exists():
+            frames, _ = read_frames([HDRPLUS])
+            frames = np.ascontiguousarray(frames[:, HDR_CROP[0], HDR_CROP[1]])
+            n = len(frames)
+            flows = {}
+            for k in ((n - 1,) if quick else range(n)):
+                ref = 0 if k != 0 else 1
+                if ref not in flows:
+                    flows[ref] = register(frames, reference=ref)
+                others = [i for i in range(n) if i != k]
+                for mode, stack in (("rgb", frames), ("grey", frames.mean(axis=-1))):
+                    target = stack[k] if mode == "rgb" else stack[k][..., None]
+                    for s in (1, 2):
+                        r0 = fuse(stack[others], scale=s, reference=others.index(ref), refine=False)
+
+                        def score(img, s=s, target=target, flow=flows[ref][k]):
+                            return held_out_psnr(img if img.ndim == 3 else img[..., None], flow, target, s)
+
+                        sweep(mode, s, r0.image, r0.confidence, r0.noise, score)
+                print(f"  strength: HDR+ held-out frame {k} done", flush=True)
+        else:
+            lines.append(f"HDR+ skipped: {HDRPLUS} not found")
+        if OPENISP.exists():
+            truth = openisp_truth()
+            corners = openisp_crops(truth, ISP_GRID_QUICK if quick else ISP_GRID)
+            for ci, (y, x) in enumerate(corners):
+                scene = truth[y:y + ISP_CROP, x:x + ISP_CROP]
+                for s in (1, 2):
+                    for alpha, beta in ISP_NOISE.values():
+                        burst = simulate_burst(scene, scale=s, alpha=alpha, beta=beta, seed=ci, **ISP_BURST)
+                        r0 = fuse(burst.frames, scale=s, cfa="RGGB", refine=False)
+
+                        def score(img, gt=burst.ground_truth):
+                            return psnr(img, gt, crop=ISP_BORDER)
+
+                        sweep("cfa", s, r0.image, r0.confidence, r0.noise, score)
+                print(f"  strength: openISP crop {ci + 1}/{len(corners)} done", flush=True)
+        else:
+            lines.append(f"openISP skipped: {OPENISP} not found")
+
+    manifest = json.loads((Path(WEIGHTS_DIR) / "manifest.json").read_text())
+    shipped = manifest.get("real_capture_limit", {})
+    rows, found = [], {}
+    for (mode, s), by_st in sorted(gains.items()):
+        limit = choose_limit(by_st)
+        found.setdefault(mode, {})[str(s)] = limit
+        cells = [f"{fmt(np.mean(g), signed=True)} / {fmt(np.min(g), signed=True)}" for _, g in sorted(by_st.items())]
+        rows.append([mode, f"x{s}", len(next(iter(by_st.values())))] + cells
+                    + [fmt(limit, 2), fmt(shipped.get(mode, {}).get(str(s)), 2)])
+    lines += [f"Each cell: mean / worst gain (dB) over the plain fusion. Limit: the largest strength whose worst "
+              f"case loses no more than {LIMIT_LOSS} dB and whose mean is not below a smaller accepted strength's. "
+              f"Precision: {refinement_precision(has_bf16_units())}.", ""]
+    lines += table(["mode", "scale", "cases"] + [f"strength {st:g}" for st in STRENGTHS[1:]]
+                   + ["limit found", "manifest's limit"], rows)
+    lines += ["", "As the manifest's `real_capture_limit`: `" + json.dumps(found, sort_keys=True) + "`"]
+    lines += _warning_notes(caught)
+    return lines
+
+
 SECTION_FUNCS = {
     "hdrplus": hdrplus_section,
     "openisp": openisp_section,
     "sentinel2": sentinel2_section,
     "cbers4": cbers4_section,
     "modis": modis_section,
+    "strength": strength_section,
 }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer held-out frames and crops (development)")
-    parser.add_argument("--only", action="append", choices=SECTIONS, metavar="SECTION",
-                        help=f"run only this section (repeatable): {', '.join(SECTIONS)}")
+    parser.add_argument("--only", action="append", choices=SECTIONS + EXTRA_SECTIONS, metavar="SECTION",
+                        help=f"run only this section (repeatable): {', '.join(SECTIONS + EXTRA_SECTIONS)}")
     parser.add_argument("--cpu", action="store_true", help="print only the machine header line")
     args = parser.parse_args(argv)
 

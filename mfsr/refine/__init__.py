@@ -17,11 +17,12 @@ bfloat16 units the network runs in bfloat16 (``precision="auto"``).
 :data:`SCALE_RANGE`.
 
 Public API: :func:`refine_image`, :func:`load_refiner`, :class:`RefineNet`,
-:class:`RefinerWeightsError`, :data:`SCALE_RANGE`.
+:class:`RefinerWeightsError`, :data:`SCALE_RANGE`, :data:`WEIGHTS_DIR` (the
+shipped weights and their ``manifest.json``).
 """
 
 from ._inference import SCALE_RANGE, refine_image
 from ._network import RefineNet
-from ._weights import MODES, RefinerWeightsError, load_refiner
+from ._weights import MODES, WEIGHTS_DIR, RefinerWeightsError, load_refiner
 
-__all__ = ["MODES", "SCALE_RANGE", "RefineNet", "RefinerWeightsError", "load_refiner", "refine_image"]
+__all__ = ["MODES", "SCALE_RANGE", "WEIGHTS_DIR", "RefineNet", "RefinerWeightsError", "load_refiner", "refine_image"]
