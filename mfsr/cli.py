@@ -575,7 +575,7 @@ def _save_report(path: Path, result, frames: np.ndarray, cfa: str | None, dev) -
     diff, limit = difference_map(fused, single)
     picture = comparison_picture(
         [
-            ("reference frame alone, demosaicked + bicubic", single),
+            ("reference frame alone, " + ("demosaicked + bicubic" if cfa else "bicubic"), single),
             (f"mfsr, {len(frames)} frames fused", fused),
             (f"fused - single (red +, blue -, full at {limit:.2f})", diff),
         ],
