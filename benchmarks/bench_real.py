@@ -38,11 +38,11 @@ hdrplus
     *Held-out-frame prediction* (:func:`held_out_psnr`): frame k is held out,
     the other six are fused with :func:`mfsr.fuse` (its own registration;
     reference = frame 0, or frame 1 when 0 is held out). The fused image is
-    re-degraded to frame k's geometry (:func:`predict_frame`: the flow of
-    frame k to the reference from :func:`mfsr.register` on all seven frames is
-    inverted by fixed-point iteration, the image is integrated over one input
-    pixel (box filter of ``scale`` px) and sampled with cubic splines at the
-    frame's pixel centres) and compared with frame k itself: PSNR (dB, linear
+    re-degraded to frame k's geometry (:func:`mfsr.held_out.predict_frame`:
+    the flow of frame k to the reference from :func:`mfsr.register` on all
+    seven frames is inverted by fixed-point iteration, the image is integrated
+    over one input pixel (box filter of ``scale`` px) and sampled with cubic
+    splines at the frame's pixel centres) and compared with frame k itself: PSNR (dB, linear
     [0, 1]) without a 16 px border. Frame k is a real, independent exposure,
     so a better fusion predicts it better, up to its own noise and JPEG
     artefacts. Variants: ``fuse`` with its defaults (refinement on),
@@ -318,33 +318,12 @@ def refinement_precision(bf16: bool) -> str:
 # ----------------------------------------------------------------------------- camera measures
 
 
-def predict_frame(hr: np.ndarray, flow: np.ndarray, scale: int) -> np.ndarray:
-    """Re-degrade a high-res RGB image to the geometry of the frame whose flow is ``flow``.
-
-    The flow (DESIGN.md: content of reference pixel r is at r + flow(r) of the
-    frame) is inverted by fixed-point iteration; the image is integrated over
-    one input pixel (box of ``scale`` output px) and sampled with cubic splines
-    at the frame's pixel centres.
-    """
-    h, w = flow.shape[:2]
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    ry, rx = yy.copy(), xx.copy()
-    for _ in range(5):
-        ry = yy - ndimage.map_coordinates(flow[..., 0], [ry, rx], order=1, mode="nearest")
-        rx = xx - ndimage.map_coordinates(flow[..., 1], [ry, rx], order=1, mode="nearest")
-    box = ndimage.uniform_filter(hr, size=(scale, scale, 1), mode="nearest")
-    off = (scale - 1) / 2 + (0.5 if scale % 2 == 0 else 0.0)
-    pos = [scale * ry + off, scale * rx + off]
-    return np.stack([ndimage.map_coordinates(box[..., c], pos, order=3, mode="nearest")
-                     for c in range(hr.shape[2])], -1)
-
-
 def held_out_psnr(hr: np.ndarray, flow_k: np.ndarray, frame_k: np.ndarray, scale: int,
                   crop: int = HDR_BORDER) -> float:
-    """PSNR (dB) of ``hr`` re-degraded to frame k's geometry against frame k."""
-    from mfsr.metrics import psnr
+    """PSNR (dB) of ``hr`` re-degraded to frame k's geometry against frame k (:mod:`mfsr.held_out`)."""
+    from mfsr.held_out import held_out_psnr as score
 
-    return psnr(predict_frame(hr, flow_k, scale), frame_k, crop=crop)
+    return score(hr, flow_k, frame_k, scale, crop=crop)
 
 
 def srgb_levels(linear: np.ndarray) -> np.ndarray:
