@@ -917,27 +917,13 @@ def modis_section(quick: bool = False) -> list[str]:
 # ----------------------------------------------------------------------------- refinement strength sweep
 
 
-def choose_limit(gains: dict) -> float:
-    """The largest strength whose worst gain is >= -LIMIT_LOSS and mean gain not below a smaller accepted one's.
-
-    ``gains`` maps strength -> array of gains (dB) over the plain fusion.
-    """
-    limit, best_mean = 0.0, 0.0
-    for st in sorted(gains):
-        g = np.asarray(gains[st], float)
-        if st == 0 or g.size == 0 or not np.all(np.isfinite(g)):
-            continue
-        if g.min() >= -LIMIT_LOSS and g.mean() >= best_mean:
-            limit, best_mean = float(st), float(g.mean())
-    return limit
-
-
 def strength_section(quick: bool = False) -> list[str]:
     """Refinement strength sweep on the real cases (module docstring)."""
     from mfsr import fuse, register
     from mfsr.image_io import read_frames
     from mfsr.metrics import psnr
     from mfsr.refine import WEIGHTS_DIR, refine_image
+    from mfsr.refine.adapt import choose_strength
     from mfsr.synth import simulate_burst
 
     lines = ["## strength: refinement strength on real captures (gain over the plain fusion, dB)", ""]
@@ -995,7 +981,7 @@ def strength_section(quick: bool = False) -> list[str]:
     shipped = manifest.get("real_capture_limit", {})
     rows, found = [], {}
     for (mode, s), by_st in sorted(gains.items()):
-        limit = choose_limit(by_st)
+        limit = choose_strength(by_st, max_loss=LIMIT_LOSS)
         found.setdefault(mode, {})[str(s)] = limit
         cells = [f"{fmt(np.mean(g), signed=True)} / {fmt(np.min(g), signed=True)}" for _, g in sorted(by_st.items())]
         rows.append([mode, f"x{s}", len(next(iter(by_st.values())))] + cells

@@ -212,6 +212,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="optical blur of the camera, if known: Gaussian sigma in sensor pixels (lens and anti-aliasing "
         "filter, without the pixel aperture); tells the network how much blur to undo (default: unknown)",
     )
+    learned.add_argument(
+        "--refine-weights",
+        metavar="DIR",
+        help="weight folder of the refinement, e.g. one fine-tuned on your own bursts by "
+        "python -m mfsr.refine.adapt (default: the shipped weights)",
+    )
     extra = f.add_argument_group("extra outputs")
     extra.add_argument("--save-confidence", metavar="PATH", help="also write the confidence map")
     extra.add_argument(
@@ -359,7 +365,7 @@ def _fuse_raw(args: argparse.Namespace):
 
 
 def _fuse_options(args: argparse.Namespace) -> dict:
-    """``refine=``, ``psf_sigma=`` and ``params=`` for :func:`mfsr.fuse`, only where the command line chose (else fuse's defaults)."""
+    """``refine=``, ``psf_sigma=``, ``refine_weights=`` and ``params=`` for :func:`mfsr.fuse`, only where the command line chose (else fuse's defaults)."""
     from .fusion import FusionParams
 
     options = {}
@@ -379,6 +385,12 @@ def _fuse_options(args: argparse.Namespace) -> dict:
         if not (np.isfinite(args.psf_sigma) and args.psf_sigma >= 0):
             raise ValueError(f"--psf-sigma: expected a finite blur >= 0 (sensor pixels), got {args.psf_sigma}")
         options["psf_sigma"] = args.psf_sigma
+    if args.refine_weights is not None:
+        if args.refine is False:
+            raise ValueError("--refine-weights: weights of the refinement network; drop --no-refine")
+        if not Path(args.refine_weights).is_dir():
+            raise ValueError(f"--refine-weights: expected a weight folder with a manifest.json, got {args.refine_weights}")
+        options["refine_weights"] = args.refine_weights
     return options
 
 
@@ -441,6 +453,7 @@ def _fuse_geo(args: argparse.Namespace, passes: list[Path]) -> int:
                         ("--linear/--finish", args.linear), ("--raw-size", args.raw_size),
                         ("--refine", args.refine or None), ("--save-refinement", args.save_refinement),
                         ("--merge-sharpen", args.merge_sharpen), ("--psf-sigma", args.psf_sigma),
+                        ("--refine-weights", args.refine_weights),
                         ("--white-balance", args.white_balance), ("--color-matrix", args.color_matrix)):
         if value is not None:
             raise ValueError(f"{flag}: not available for georeferenced passes")

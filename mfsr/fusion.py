@@ -25,6 +25,7 @@ values are float32 linear light, nominally [0, 1].
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 
@@ -380,6 +381,7 @@ def fuse(
     distortion=None,
     progress: bool = False,
     psf_sigma: float | None = None,
+    refine_weights: str | os.PathLike | None = None,
 ) -> FusionResult:
     """Merge a burst into one image at any scale with robust kernel fusion.
 
@@ -466,6 +468,11 @@ def fuse(
         refinement network how much blur to undo (from the image alone it
         cannot tell a sharp lens from a soft one); see
         :func:`mfsr.refine.refine_image`. Unused with ``refine=False``.
+    refine_weights : path or None
+        Weight folder of the refinement (its ``manifest.json`` names the
+        network and strength of each mode), e.g. one written by
+        ``python -m mfsr.refine.adapt`` from your own bursts. Default: the
+        shipped weights. Unused with ``refine=False``.
 
     Returns
     -------
@@ -633,7 +640,7 @@ def fuse(
             refine = False
     if refine:
         refined = refine_image(image, confidence, cfa=is_cfa, scale=scale, noise=(float(alpha), float(beta)),
-                               progress=progress, psf_sigma=psf_sigma)
+                               progress=progress, psf_sigma=psf_sigma, weights=refine_weights)
         refinement = refined - image
         image = refined
     return FusionResult(

@@ -144,6 +144,34 @@ def test_fuse_cli_psf_sigma_reaches_the_refinement(burst_dir, tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
+def test_fuse_cli_refine_weights_reach_the_refinement(burst_dir, tmp_path, capsys):
+    import json
+    import shutil
+
+    from mfsr.fusion import fuse
+    from mfsr.refine import WEIGHTS_DIR
+
+    weights = tmp_path / "weights"
+    shutil.copytree(WEIGHTS_DIR, weights)
+    manifest = json.loads((weights / "manifest.json").read_text())
+    manifest["strength"]["cfa"] = {"2": 0.3}  # another strength than the shipped one
+    (weights / "manifest.json").write_text(json.dumps(manifest))
+    files = sorted(burst_dir.glob("frame-*.tif"))
+    out = tmp_path / "custom.tif"
+    assert main(["fuse", *map(str, files), "-o", str(out), "--scale", "2", "--cfa", "RGGB", "--refine-weights",
+                 str(weights), "--output-transfer", "linear", "--dtype", "float32", "--quiet"]) == 0
+    frames = np.stack([read_image(f)[0] for f in files])
+    custom = fuse(frames, scale=2, cfa="RGGB", refine_weights=weights).image
+    shipped = fuse(frames, scale=2, cfa="RGGB").image
+    got, _ = read_image(out)
+    np.testing.assert_allclose(got, custom, atol=1e-6)
+    assert np.abs(custom - shipped).max() > 1e-4
+    for extra, message in ((["--refine-weights", str(tmp_path / "none")], "--refine-weights: expected a weight folder"),
+                           (["--refine-weights", str(weights), "--no-refine"], "--refine-weights: weights of the")):
+        assert main(["fuse", *map(str, files), "-o", str(out), "--cfa", "RGGB", *extra]) == 2
+        assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
