@@ -135,3 +135,16 @@ def test_cli_errors_name_the_argument(tmp_path, capsys):
     assert "bursts" in capsys.readouterr().err
     assert main([str(tmp_path), "--out", str(tmp_path / "w"), "--scale", "1.5"]) == 2
     assert "scale" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["grey", "cfa"])
+def test_adapt_runs_for_grey_frames_and_mosaics(mode, tmp_path):
+    image = sample_image("chelsea", size=128, grey=mode == "grey")
+    b = simulate_burst(image, n_frames=4, scale=2, max_shift=1.5, cfa="RGGB" if mode == "cfa" else None,
+                       alpha=2e-4, beta=2e-6, seed=5)
+    ex = held_out_frames(b.frames, scale=2, holdouts=2, cfa="RGGB" if mode == "cfa" else None, name="c")
+    assert ex[0].mode == mode and ex[0].target.shape == b.frames[0].shape
+    res = adapt(ex, tmp_path / "w", steps=2, log=lambda m: None)
+    manifest = json.loads((tmp_path / "w" / "manifest.json").read_text())
+    assert manifest["modes"][mode] == f"refiner_{mode}_adapted.pt" and res.mode == mode
+    load_refiner(mode, tmp_path / "w")

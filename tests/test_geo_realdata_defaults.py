@@ -2,25 +2,16 @@
 value range, Nyquist pattern, single pass against bicubic, different bands."""
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+from test_geo_realdata import _need, _sentinel2
 
 from mfsr.geo import fuse_rasters
 from mfsr.geo.masked_fusion import nyquist_energy
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 pytestmark = pytest.mark.realdata
-
-
-def _need(*parts):
-    p = DATA.joinpath(*parts)
-    if not p.exists():
-        pytest.skip(f"real data not found: {p} (expected ../shared/data beside the repository)")
-    return p
 
 
 def _bicubic(a, s):
@@ -31,8 +22,6 @@ def _bicubic(a, s):
 
 @pytest.fixture(scope="module")
 def s2(tmp_path_factory):
-    from test_geo_realdata import _sentinel2
-
     _need("sentinel2_eolearn", "REFERENCE_SCENES.npy")
     return _sentinel2(tmp_path_factory.mktemp("s2"))
 

@@ -68,3 +68,23 @@ def test_bad_arguments_are_named():
         predict_frame(np.zeros((8, 8)), np.zeros((8, 8)), 1)
     with pytest.raises(ValueError, match="frame"):
         held_out_psnr(np.zeros((8, 8)), flow, np.zeros((7, 8)), 1)
+
+
+def test_blur_fitted_score_finds_the_optics_blur():
+    """A frame seen through a blur is predicted best by the sharp scene with that blur fitted,
+    while the plain score prefers the blurred (optical) image."""
+    from scipy.ndimage import gaussian_filter
+
+    from mfsr.held_out import blur_fitted_psnr
+
+    rng = np.random.default_rng(4)
+    scene = gaussian_filter(rng.random((96, 96)), 0.8).astype(np.float32)
+    optical = gaussian_filter(scene, 1.0, mode="nearest").astype(np.float32)
+    flow = np.zeros((48, 48, 2), np.float32)
+    frame = predict_frame(optical, flow, 2)
+    assert held_out_psnr(optical, flow, frame, 2) > held_out_psnr(scene, flow, frame, 2) + 3
+    score, blur = blur_fitted_psnr(scene, flow, frame, 2)
+    assert blur == 1.0 and score > held_out_psnr(scene, flow, frame, 2) + 3
+    np.testing.assert_allclose(predict_frame(scene, flow, 2, blur=1.0), frame, atol=1e-6)
+    with pytest.raises(ValueError, match="blur"):
+        predict_frame(scene, flow, 2, blur=-1.0)
