@@ -34,7 +34,6 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .overshoot import limit_overshoot
 from .separable_filter import separable_filter
 
 # Row blocks per call: enough for load balance on any thread count, few
@@ -570,21 +569,74 @@ def sharpen(
                 m += image[y, x, c]
             lum[0, y, x] = m * inv_nc
     blurred = separable_filter(lum, taps)
-    # not `< inf`: fastmath lets the compiler assume no value is infinite
-    clamp = overshoot <= 1e30
-    src = image.copy() if clamp else image[:0]
     a = np.float32(noise_alpha)
     b = np.float32(noise_beta)
     gate = np.float32(noise_gate)
     amt = np.float32(amount)
+    # The gain per pixel replaces the blurred luminance (no longer needed).
     for y in prange(ho):
         for x in range(wo):
             m = lum[0, y, x]
             d = m - blurred[0, y, x]
             e = d * d
             n2 = gate * max(a * m + b, np.float32(0.0))
-            g = amt * e / (e + n2 + np.float32(1e-20)) * d
-            for c in range(nc):
-                image[y, x, c] += g
-    if clamp:
-        limit_overshoot(image, src, overshoot)
+            blurred[0, y, x] = amt * e / (e + n2 + np.float32(1e-20)) * d
+    gain = blurred[0]
+    # not `< inf`: fastmath lets the compiler assume no value is infinite
+    if not overshoot <= 1e30:
+        for y in prange(ho):
+            for x in range(wo):
+                for c in range(nc):
+                    image[y, x, c] += gain[y, x]
+        return
+    _add_clamped(image, gain, overshoot)
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _add_clamped(image: np.ndarray, gain: np.ndarray, overshoot: float) -> None:
+    # image += gain, each channel held within its unsharpened 3x3 range
+    # (limit_overshoot's rule), in place. Row blocks run in parallel, each
+    # top to bottom with the unsharpened rows above, at and below the current
+    # one in a rolling buffer; the rows just outside a block are saved before
+    # any block starts, so no full copy of the image is needed.
+    ho, wo, nc = image.shape
+    nb = min(_BLOCKS, ho)
+    edges = np.linspace(0, ho, nb + 1).astype(np.int64)
+    above = np.empty((nb, wo, nc), np.float32)
+    below = np.empty((nb, wo, nc), np.float32)
+    for k in prange(nb):
+        y0, y1 = edges[k], edges[k + 1]
+        above[k] = image[max(y0 - 1, 0)]
+        below[k] = image[min(y1, ho - 1)]
+    ov = np.float32(overshoot)
+    rel = np.float32(1.0 - min(overshoot, 1.0))
+    for k in prange(nb):
+        y0, y1 = edges[k], edges[k + 1]
+        if y1 <= y0:
+            continue
+        prev = above[k].copy()
+        cur = image[y0].copy()
+        nxt = np.empty((wo, nc), np.float32)
+        for y in range(y0, y1):
+            if y + 1 >= ho:
+                nxt[:] = cur  # the bottom border repeats the last row, as the 3x3 window clips
+            elif y + 1 < y1:
+                nxt[:] = image[y + 1]
+            else:
+                nxt[:] = below[k]
+            up = prev if y > 0 else cur
+            for x in range(wo):
+                x0, x1 = max(x - 1, 0), min(x + 2, wo)
+                for c in range(nc):
+                    lo = cur[x, c]
+                    hi = lo
+                    for xx in range(x0, x1):
+                        lo = min(lo, up[xx, c], cur[xx, c], nxt[xx, c])
+                        hi = max(hi, up[xx, c], cur[xx, c], nxt[xx, c])
+                    margin = ov * (hi - lo)
+                    floor = lo - margin
+                    if lo >= 0:
+                        floor = max(floor, rel * lo)
+                    image[y, x, c] = min(max(cur[x, c] + gain[y, x], floor), hi + margin)
+            prev[:] = cur
+            cur[:] = nxt

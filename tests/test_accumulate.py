@@ -281,12 +281,13 @@ def _np_sharpen(image, taps, amount, alpha, beta, gate, overshoot):
 
 @pytest.mark.parametrize("nc", [1, 3])
 @pytest.mark.parametrize("overshoot", [0.0, 0.25, np.inf])
-def test_sharpen_matches_numpy_twin(nc, overshoot):
+@pytest.mark.parametrize("rows", [23, 203])  # one row per block, and blocks of several rows
+def test_sharpen_matches_numpy_twin(nc, overshoot, rows):
     from mfsr.kernels.accumulate import sharpen
     from mfsr.kernels.structure_tensor import gaussian_weights
 
     rng = np.random.default_rng(nc)
-    img = rng.random((23, 31, nc)).astype(np.float32) ** 2
+    img = rng.random((rows, 31, nc)).astype(np.float32) ** 2
     taps = gaussian_weights(1.6)
     out = img.copy()
     sharpen(out, taps, 0.6, 1e-3, 1e-5, 0.3, overshoot)

@@ -329,7 +329,12 @@ class _Patches:
         planes, gl, grids, targets, masks, chans = [], [], [], [], [], []
         q, side, m, s = self.q, self.side, self.margin, self.scale
         b = PATCH_BORDER
+        tries = 0
         while len(planes) < size:
+            tries += 1
+            if tries > 100 * size:
+                raise ValueError("bursts: the held-out frames' pixels do not fall on the fused patches "
+                                 "(a registration far off?); no training patch found")
             p, g, centres, target, ch = self.prepared[int(rng.integers(len(self.prepared)))]
             h, w = target.shape[1:]
             ly, lx = int(rng.integers(b, h - q - b + 1)), int(rng.integers(b, w - q - b + 1))
