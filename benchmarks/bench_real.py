@@ -240,6 +240,15 @@ def fmt(x, digits: int = 2, signed: bool = False) -> str:
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
+def _skipped(lines: list[str], needed: Path, shown: Path) -> list[str] | None:
+    """The section's lines with a skip note when ``needed`` is absent (printed too), else None."""
+    if needed.exists():
+        return None
+    msg = f"skipped: {shown} not found (the ../shared/data folder is absent)"
+    print(msg)
+    return lines + [msg]
+
+
 def _problem(where: str, exc: BaseException) -> None:
     msg = f"{where}: {type(exc).__name__}: {exc}"
     PROBLEMS.append(msg)
@@ -380,10 +389,8 @@ def hdrplus_section(quick: bool = False) -> list[str]:
     from mfsr.image_io import read_frames
 
     lines = ["## hdrplus: HDR+ handheld burst (7 real JPEG frames, centre 800x600)", ""]
-    if not HDRPLUS.exists():
-        msg = f"skipped: {HDRPLUS} not found (the ../shared/data folder is absent)"
-        print(msg)
-        return lines + [msg]
+    if (skipped := _skipped(lines, HDRPLUS, HDRPLUS)) is not None:
+        return skipped
     frames, _ = read_frames([HDRPLUS])
     frames = np.ascontiguousarray(frames[:, HDR_CROP[0], HDR_CROP[1]])
     n = len(frames)
@@ -513,10 +520,8 @@ def openisp_section(quick: bool = False) -> list[str]:
     from mfsr.synth import simulate_burst
 
     lines = ["## openisp: real RGGB sensor content re-mosaicked into 8-frame bursts", ""]
-    if not OPENISP.exists():
-        msg = f"skipped: {OPENISP} not found (the ../shared/data folder is absent)"
-        print(msg)
-        return lines + [msg]
+    if (skipped := _skipped(lines, OPENISP, OPENISP)) is not None:
+        return skipped
     bf16 = has_bf16_units()
     if bf16:
         from mfsr.refine import refine_image
@@ -761,10 +766,8 @@ def sentinel2_section(quick: bool = False) -> list[str]:
     from mfsr.geo import fuse_rasters
 
     lines = ["## sentinel2: Sentinel-2 L1C, 5 dates (0 and 1 cloudy), B02/B03/B04/B08, scale 2", ""]
-    if not (S2_DIR / "REFERENCE_SCENES.npy").exists():
-        msg = f"skipped: {S2_DIR} not found (the ../shared/data folder is absent)"
-        print(msg)
-        return lines + [msg]
+    if (skipped := _skipped(lines, S2_DIR / "REFERENCE_SCENES.npy", S2_DIR)) is not None:
+        return skipped
     with tempfile.TemporaryDirectory() as td, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tmp = Path(td)
@@ -834,10 +837,8 @@ def cbers_passes(tmp: Path):
 def cbers4_section(quick: bool = False) -> list[str]:
     """CBERS-4 AWFI: held-out dates and downscale consistency (module docstring)."""
     lines = ["## cbers4: CBERS-4 AWFI, 5 dry-season dates, B13-B16, CMASK cloud masks, scale 2", ""]
-    if not CBERS_DIR.exists():
-        msg = f"skipped: {CBERS_DIR} not found (the ../shared/data folder is absent)"
-        print(msg)
-        return lines + [msg]
+    if (skipped := _skipped(lines, CBERS_DIR, CBERS_DIR)) is not None:
+        return skipped
     with tempfile.TemporaryDirectory() as td, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tmp = Path(td)
