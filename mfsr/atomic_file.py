@@ -28,7 +28,9 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     ------
     Path
         Temporary file (exists, empty) to write the content to. It is
-        removed if the block raises.
+        removed if the block raises. The final file gets the mode a newly
+        created file gets (0o666 less the umask), not the temporary file's
+        private 0o600.
 
     Raises
     ------
@@ -43,7 +45,15 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    # The only portable way to read it is to set it; it is restored at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
