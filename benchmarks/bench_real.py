@@ -6,6 +6,7 @@ Usage::
     .venv/bin/python benchmarks/bench_real.py --quick          # fewer frames / crops
     .venv/bin/python benchmarks/bench_real.py --only openisp   # one section (repeatable)
     .venv/bin/python benchmarks/bench_real.py --only strength  # the refinement strength sweep
+    .venv/bin/python benchmarks/bench_real.py --only strength --write-limit WEIGHTS_DIR  # ... into a manifest
     .venv/bin/python benchmarks/bench_real.py --cpu            # only the machine header line
 
 The data are the real captures in ``../shared/data`` (beside the repository;
@@ -933,8 +934,12 @@ def modis_section(quick: bool = False) -> list[str]:
 # ----------------------------------------------------------------------------- refinement strength sweep
 
 
-def strength_section(quick: bool = False) -> list[str]:
-    """Refinement strength sweep on the real cases (module docstring)."""
+def strength_section(quick: bool = False, write_limit: Path | None = None) -> list[str]:
+    """Refinement strength sweep on the real cases (module docstring).
+
+    With ``write_limit`` (a weight folder), the limits found replace that
+    folder's ``manifest.json`` ``real_capture_limit`` (with its source).
+    """
     from mfsr import fuse, register
     from mfsr.held_out import blur_fitted_psnr
     from mfsr.image_io import read_frames
@@ -1017,8 +1022,34 @@ def strength_section(quick: bool = False) -> list[str]:
     lines += table(["mode", "scale", "cases"] + [f"strength {st:g}" for st in STRENGTHS[1:]]
                    + ["limit found", "manifest's limit"], rows)
     lines += ["", "As the manifest's `real_capture_limit`: `" + json.dumps(found, sort_keys=True) + "`"]
+    if write_limit is not None:
+        _write_limit(Path(write_limit), found, quick)
+        lines.append(f"Written to {Path(write_limit) / 'manifest.json'}.")
     lines += _warning_notes(caught)
     return lines
+
+
+def _write_limit(folder: Path, found: dict, quick: bool) -> None:
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["real_capture_limit"] = found
+    manifest["real_capture_limit_source"] = {
+        "rule": f"largest strength in {', '.join(f'{st:g}' for st in STRENGTHS[1:])} whose worst real case loses "
+                f"no more than {LIMIT_LOSS} dB against the plain fusion and whose mean gain is not below that of a "
+                "smaller accepted strength (0 if none); held constant beyond the scales measured",
+        "grey, rgb": f"HDR+ handheld burst (7 JPEG frames, centre 800x600): "
+                     f"{'the last frame' if quick else 'each frame'} held out, predicted from the other 6 fused "
+                     "(reference frame 0, or 1 when 0 is held out) (pixel integration + its flow); grey = the "
+                     "frames' channel mean",
+        "cfa": f"openISP real RGGB sensor content (RGGB cells as truth), crops of {ISP_CROP} px over the chart "
+               f"({'2x2' if quick else '3x5'} grid, near-flat ones skipped), re-mosaicked 8-frame bursts (shifts 2 "
+               "px, rotation 0.5 deg, blur 0.3), clean and alpha 2e-4 / beta 2e-6",
+        "check": "python benchmarks/bench_real.py --only strength" + (" --quick" if quick else ""),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 SECTION_FUNCS = {
@@ -1037,7 +1068,14 @@ def main(argv=None) -> int:
     parser.add_argument("--only", action="append", choices=SECTIONS + EXTRA_SECTIONS, metavar="SECTION",
                         help=f"run only this section (repeatable): {', '.join(SECTIONS + EXTRA_SECTIONS)}")
     parser.add_argument("--cpu", action="store_true", help="print only the machine header line")
+    parser.add_argument("--write-limit", metavar="DIR", type=Path,
+                        help="with --only strength: write the limits found into DIR/manifest.json "
+                        "(real_capture_limit), e.g. a freshly trained and calibrated weight folder")
     args = parser.parse_args(argv)
+    if args.write_limit is not None and (args.only or []) != ["strength"]:
+        parser.error("--write-limit: goes with --only strength alone")
+    if args.write_limit is not None and not (args.write_limit / "manifest.json").is_file():
+        parser.error(f"--write-limit: expected a weight folder with a manifest.json, got {args.write_limit}")
 
     header = cpu_header()
     print(header, flush=True)
@@ -1054,7 +1092,8 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         print(f"\n[{name}] running ({mode})", flush=True)
         try:
-            lines = SECTION_FUNCS[name](quick=args.quick)
+            extra = {"write_limit": args.write_limit} if name == "strength" else {}
+            lines = SECTION_FUNCS[name](quick=args.quick, **extra)
         except Exception as exc:  # noqa: BLE001 - one section's failure does not stop the others
             _problem(f"{name} section", exc)
             lines = [f"## {name}", "", f"error: {type(exc).__name__}: {exc}"]
