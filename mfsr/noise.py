@@ -229,7 +229,9 @@ def estimate_noise(
     if finite.size == 0:
         return 0.0, _MIN_VARIANCE
     low, high = _clamp_levels(finite)
-    steps = [_quantisation_step(p) for p in _planes(frame, cfa)]
+    # The quantisation step of each plane, from the same sampled tiles as the rest.
+    n_planes = len(planes) // len(tiles)
+    steps = [_quantisation_step(np.concatenate([p.ravel() for p in planes[i::n_planes]])) for i in range(n_planes)]
     floor = max(_MIN_VARIANCE, float(np.median(steps)) ** 2 / 12.0)
 
     means, variances, residuals = [], [], []
