@@ -34,6 +34,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .overshoot import clamp_to_range
 from .separable_filter import separable_filter
 
 # Row blocks per call: enough for load balance on any thread count, few
@@ -595,7 +596,7 @@ def sharpen(
 @njit(cache=True, parallel=True, fastmath=True)
 def _add_clamped(image: np.ndarray, gain: np.ndarray, overshoot: float) -> None:
     # image += gain, each channel held within its unsharpened 3x3 range
-    # (limit_overshoot's rule), in place. Row blocks run in parallel, each
+    # (clamp_to_range, limit_overshoot's rule), in place. Row blocks run in parallel, each
     # top to bottom with the unsharpened rows above, at and below the current
     # one in a rolling buffer; the rows just outside a block are saved before
     # any block starts, so no full copy of the image is needed.
@@ -633,10 +634,6 @@ def _add_clamped(image: np.ndarray, gain: np.ndarray, overshoot: float) -> None:
                     for xx in range(x0, x1):
                         lo = min(lo, up[xx, c], cur[xx, c], nxt[xx, c])
                         hi = max(hi, up[xx, c], cur[xx, c], nxt[xx, c])
-                    margin = ov * (hi - lo)
-                    floor = lo - margin
-                    if lo >= 0:
-                        floor = max(floor, rel * lo)
-                    image[y, x, c] = min(max(cur[x, c] + gain[y, x], floor), hi + margin)
+                    image[y, x, c] = clamp_to_range(cur[x, c] + gain[y, x], lo, hi, ov, rel)
             prev[:] = cur
             cur[:] = nxt

@@ -16,6 +16,21 @@ import numpy as np
 from numba import njit, prange
 
 
+@njit(cache=True, inline="always")
+def clamp_to_range(value, lo, hi, overshoot, rel):
+    """``value`` held within ``[lo - m, hi + m]``, ``m = overshoot * (hi - lo)``; where
+    ``lo >= 0`` the floor is at least ``rel * lo`` (``rel = 1 - min(overshoot, 1)``).
+
+    The rule of :func:`limit_overshoot`, for one channel of one pixel whose
+    source neighbourhood spans ``[lo, hi]``.
+    """
+    margin = overshoot * (hi - lo)
+    floor = lo - margin
+    if lo >= 0:
+        floor = max(floor, rel * lo)
+    return min(max(value, floor), hi + margin)
+
+
 @njit(cache=True, parallel=True)
 def limit_overshoot(image: np.ndarray, source: np.ndarray, overshoot: float) -> None:
     """Clamp ``image`` to its source's local 3x3 range, widened by ``overshoot`` (in place).
@@ -51,8 +66,4 @@ def limit_overshoot(image: np.ndarray, source: np.ndarray, overshoot: float) -> 
                         s = source[yy, xx, c]
                         lo = min(lo, s)
                         hi = max(hi, s)
-                margin = ov * (hi - lo)
-                floor = lo - margin
-                if lo >= 0:
-                    floor = max(floor, rel * lo)
-                image[y, x, c] = min(max(image[y, x, c], floor), hi + margin)
+                image[y, x, c] = clamp_to_range(image[y, x, c], lo, hi, ov, rel)
