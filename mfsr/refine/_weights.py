@@ -172,14 +172,14 @@ def refiner_strength(mode: str, scale: float, weights: str | os.PathLike | None 
     _, manifest = _resolve(mode, weights)
     manifest = manifest or {}
     key = "strength_known_psf" if psf_known and "strength_known_psf" in manifest else "strength"
-    strength = _interp_table(manifest.get(key, {}).get(mode), scale, 1.0)
-    return min(strength, _interp_table(manifest.get("real_capture_limit", {}).get(mode), scale, 1.0))
+    strength = _interp_table(manifest.get(key, {}).get(mode), scale)
+    return min(strength, _interp_table(manifest.get("real_capture_limit", {}).get(mode), scale))
 
 
-def _interp_table(table: dict | None, scale: float, default: float) -> float:
-    """A manifest table {scale: value}, interpolated linearly in log2(scale), clipped to [0, 1]."""
+def _interp_table(table: dict | None, scale: float) -> float:
+    """A manifest table {scale: value}, interpolated linearly in log2(scale), clipped to [0, 1]; 1 without one."""
     if not table:
-        return default
+        return 1.0
     pts = sorted((float(k), float(v)) for k, v in table.items())
     xs = np.log2([p[0] for p in pts])
     ys = np.clip([p[1] for p in pts], 0.0, 1.0)
