@@ -19,7 +19,7 @@ import torch
 from ._network import RefineNet, n_globals_of
 
 __all__ = ["MODES", "RefinerWeightsError", "WEIGHTS_DIR", "load_refiner", "refiner_ensemble", "refiner_strength",
-           "sha256_file"]
+           "save_weights", "sha256_file", "weights_entry"]
 
 #: Modes of :func:`load_refiner`: fusion of grey frames, of RGB frames, of Bayer mosaics.
 MODES = ("grey", "rgb", "cfa")
@@ -200,3 +200,25 @@ def refiner_ensemble(mode: str, weights: str | os.PathLike | None = None) -> int
     if not manifest.get("strength", {}).get(mode):
         return None
     return int(manifest.get("ensemble", {}).get(mode, 1))
+
+
+def weights_entry(net: RefineNet, path: Path) -> dict:
+    """Manifest ``files`` entry of the weight file ``path`` holding ``net``."""
+    arch = {"channels": net.channels, "blocks": net.blocks, "n_globals": net.n_globals}
+    if net.filters:
+        arch.update(filters=net.filters, filter_size=net.filter_size)
+    return {
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        "architecture": arch,
+        "parameters": int(sum(p.numel() for p in net.parameters())),
+    }
+
+
+def save_weights(net: RefineNet, path: Path) -> dict:
+    """Write ``net``'s state_dict to ``path`` (a temporary file, then renamed) and return its ``files`` entry."""
+    state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return weights_entry(net, path)

@@ -56,7 +56,7 @@ from ..registration import register
 from ._features import confidence_reference, global_features, pixel_features
 from ._inference import native_bf16, refine_image
 from ._network import RefineNet
-from ._weights import MODES, WEIGHTS_DIR, load_refiner, refiner_ensemble, refiner_strength, sha256_file
+from ._weights import MODES, WEIGHTS_DIR, load_refiner, refiner_ensemble, refiner_strength, save_weights
 
 __all__ = ["HeldOutFrame", "AdaptResult", "held_out_frames", "degrade", "sampling_positions", "held_out_loss",
            "choose_strength", "adapt", "main"]
@@ -465,14 +465,7 @@ def _write_folder(out: Path, net: RefineNet, mode: str, scale: int, strength: fl
             if base_dir.resolve() != out.resolve():
                 shutil.copyfile(base_dir / fname, out / fname)
             files[fname] = manifest["files"][fname]
-    tmp = out / (name + ".tmp")
-    torch.save({k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}, tmp)
-    os.replace(tmp, out / name)
-    arch = {"channels": net.channels, "blocks": net.blocks, "n_globals": net.n_globals}
-    if net.filters:
-        arch.update(filters=net.filters, filter_size=net.filter_size)
-    files[name] = {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size, "architecture": arch,
-                   "parameters": int(sum(p.numel() for p in net.parameters()))}
+    files[name] = save_weights(net, out / name)
     manifest["modes"] = {**manifest["modes"], mode: name}
     manifest["files"] = files
     table = {str(scale): strength}

@@ -97,7 +97,7 @@ from ..synth import dead_leaves, sample_image, simulate_burst
 from ..transfer import REC709_LUMA, srgb_to_linear
 from ._features import PSF_FEATURE_MAX, confidence_reference, global_features, pixel_features
 from ._network import RefineNet, n_globals_of, widen_globals
-from ._weights import MODES, sha256_file
+from ._weights import MODES, save_weights, sha256_file, weights_entry
 from .heldout import HELDOUT_IMAGES, TRAIN_DEAD_LEAVES_SEEDS, TRAIN_EXTRA_PHOTOS, TRAIN_IMAGES
 
 PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
@@ -543,26 +543,6 @@ def _fit(net: RefineNet, cache: list[Example], val: list[Example], *, stage: str
     return rows, step, final, time.time() - t0
 
 
-def _save_weights(net: RefineNet, path: Path) -> dict:
-    """Write a state_dict and return its manifest ``files`` entry."""
-    state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
-    torch.save(state, path)
-    return _weights_entry(net, path)
-
-
-def _weights_entry(net: RefineNet, path: Path) -> dict:
-    """Manifest ``files`` entry of the weight file ``path`` holding ``net``."""
-    arch = {"channels": net.channels, "blocks": net.blocks, "n_globals": net.n_globals}
-    if net.filters:
-        arch.update(filters=net.filters, filter_size=net.filter_size)
-    return {
-        "sha256": sha256_file(path),
-        "bytes": path.stat().st_size,
-        "architecture": arch,
-        "parameters": int(sum(p.numel() for p in net.parameters())),
-    }
-
-
 def _cache_summary(cache: list[Example], fuse_total: float, seconds: float) -> dict:
     modes = [ex.info["mode"] for ex in cache]
     return {
@@ -696,10 +676,10 @@ def train(
             shutil.copyfile(init, out / "refiner.pt")
             base = RefineNet(channels, blocks, n_globals=n_globals_of(init_state))
             base.load_state_dict(init_state)
-            files["refiner.pt"] = _weights_entry(base, out / "refiner.pt")
-            files["refiner_cfa.pt"] = _save_weights(net, out / "refiner_cfa.pt")
+            files["refiner.pt"] = weights_entry(base, out / "refiner.pt")
+            files["refiner_cfa.pt"] = save_weights(net, out / "refiner_cfa.pt")
         else:
-            files["refiner.pt"] = _save_weights(net, out / "refiner.pt")
+            files["refiner.pt"] = save_weights(net, out / "refiner.pt")
         if run_cfa:
             t0 = time.time()
             cache, fuse_total = build_cache(cfa_bursts, seed + CFA_SEED_OFFSET, log,
@@ -724,7 +704,7 @@ def train(
                                  lr=CFA_LR, data=cfa_data, harm_weight=cfa_harm_weight,
                                  train_seconds=round(t_train, 1), validation_bursts=len(val_cfa),
                                  final_validation=final, final_train_gain_db=r[-1]["train_gain_db"])
-            files["refiner_cfa.pt"] = _save_weights(net, out / "refiner_cfa.pt")
+            files["refiner_cfa.pt"] = save_weights(net, out / "refiner_cfa.pt")
     plot_curves(rows, out / "training.png")
     command = (f"python -m mfsr.refine.train --out {out} --minutes {minutes} --seed {seed} --bursts {bursts} "
                f"--cfa-minutes {cfa_minutes} --cfa-bursts {cfa_bursts} --precision {precision}"
