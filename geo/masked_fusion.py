@@ -48,7 +48,7 @@ from mfsr.kernels.structure_tensor import grey_image, kernel_inverse_covariance,
 __all__ = [
     "HALO", "GUARD_ROUNDS", "warp_translate", "masked_median", "fuse_window", "finish_window",
     "back_project", "upsample_area", "sample_radius_floor", "nyquist_guard", "clamp_to_bounds",
-    "fill_from_neighbours", "upsample_cubic", "upsample_spline", "nyquist_energy",
+    "fill_from_neighbours", "upsample_cubic", "upsample_spline", "nyquist_energy", "nearest_input",
 ]
 
 # Gaussian blur of the robustness map, reference px (see fuse_window).
@@ -300,8 +300,7 @@ def fuse_window(
     den = np.zeros((ho, wo, 1), np.float32)  # all samples' weights: not used
     count = np.zeros((ho, wo), np.uint16)
     prev = np.empty((ho, wo), np.float32)
-    near_y = np.clip(np.floor((np.arange(ho) + 0.5) / scale), 0, hr - 1).astype(np.intp)
-    near_x = np.clip(np.floor((np.arange(wo) + 0.5) / scale), 0, wr - 1).astype(np.intp)
+    near_y, near_x = nearest_input(ho, scale, hr), nearest_input(wo, scale, wr)
     flow = np.empty((2, 2, 2), np.float32)
     gain = 1.0 / nc
     radius_min = max(float(p.radius_min), float(radius_floor))
@@ -443,6 +442,22 @@ def finish_window(
     return img.astype(np.float32, copy=False)
 
 
+def nearest_input(n_out: int, scale: float, n_in: int) -> np.ndarray:
+    """Index of the input pixel nearest to each of ``n_out`` output pixels (pixel-area geometry), clipped."""
+    return np.clip(np.floor((np.arange(n_out) + 0.5) / scale), 0, n_in - 1).astype(np.intp)
+
+
+def _fill_nearest(x: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    # Missing pixels take their nearest present pixel's values (for filtering
+    # or interpolation across them); unchanged where nothing is missing.
+    if not missing.any():
+        return x
+    from scipy.ndimage import distance_transform_edt
+
+    idx = distance_transform_edt(missing, return_distances=False, return_indices=True)
+    return x[idx[0], idx[1]]
+
+
 def upsample_area(img: np.ndarray, out_shape: tuple[int, int], scale: float) -> np.ndarray:
     """Bilinear upsampling on the pixel-area grid (output pixel ``y`` samples input ``(y + 0.5)/s - 0.5``).
 
@@ -473,8 +488,9 @@ def upsample_area(img: np.ndarray, out_shape: tuple[int, int], scale: float) -> 
     return (top * (1 - fy) + bot * fy).astype(np.float32)
 
 
-def upsample_spline(img: np.ndarray, out_shape: tuple[int, int], scale: float) -> np.ndarray:
-    """Cubic-spline upsampling on the pixel-area grid (output pixel ``y`` samples input ``(y + 0.5)/s - 0.5``).
+def upsample_spline(img: np.ndarray, out_shape: tuple[int, int], scale: float,
+                    offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Cubic-spline upsampling on the pixel-area grid (output pixel ``y`` samples input ``(y + 0.5)/s - 0.5 + dy``).
 
     Parameters
     ----------
@@ -482,13 +498,15 @@ def upsample_spline(img: np.ndarray, out_shape: tuple[int, int], scale: float) -
         Finite values.
     out_shape : (int, int)
     scale : float
+    offset : (float, float)
+        ``(dy, dx)``, input px: where the grid's origin lies in ``img``.
 
     Returns
     -------
     ndarray of float32, shape ``out_shape + img.shape[2:]``; edges replicated.
     """
-    ys = (np.arange(out_shape[0]) + 0.5) / scale - 0.5
-    xs = (np.arange(out_shape[1]) + 0.5) / scale - 0.5
+    ys = (np.arange(out_shape[0]) + 0.5) / scale - 0.5 + offset[0]
+    xs = (np.arange(out_shape[1]) + 0.5) / scale - 0.5 + offset[1]
     coords = [np.broadcast_to(ys[:, None], out_shape), np.broadcast_to(xs[None, :], out_shape)]
     planes = img[..., None] if img.ndim == 2 else img
     out = np.empty(tuple(out_shape) + (planes.shape[2],), np.float32)
@@ -631,12 +649,7 @@ def nyquist_guard(image: np.ndarray, scale: float) -> np.ndarray:
     empty = np.isnan(image[..., 0])
     if empty.all():
         return image
-    x = image.astype(np.float64)
-    if empty.any():
-        from scipy.ndimage import distance_transform_edt
-
-        idx = distance_transform_edt(empty, return_distances=False, return_indices=True)
-        x = x[idx[0], idx[1]]
+    x = _fill_nearest(image.astype(np.float64), empty)
     h = _guard_taps()
     y = correlate1d(correlate1d(x, h, axis=0, mode="nearest"), h, axis=1, mode="nearest")
     y[empty] = np.nan
@@ -755,19 +768,9 @@ def upsample_cubic(frame: np.ndarray, valid: np.ndarray, offset: tuple[float, fl
     hf, wf = valid.shape
     ys = (np.arange(ho) + 0.5) / scale - 0.5 + offset[0]
     xs = (np.arange(wo) + 0.5) / scale - 0.5 + offset[1]
-    x = frame.astype(np.float64)
-    if not valid.all():
-        from scipy.ndimage import distance_transform_edt
-
-        if not valid.any():
-            return np.full((ho, wo, frame.shape[2]), np.nan, np.float32), np.zeros((ho, wo), np.float32)
-        idx = distance_transform_edt(~valid, return_distances=False, return_indices=True)
-        x = x[idx[0], idx[1]]
-    yy = np.broadcast_to(ys[:, None], (ho, wo))
-    xx = np.broadcast_to(xs[None, :], (ho, wo))
-    out = np.empty((ho, wo, frame.shape[2]), np.float32)
-    for c in range(frame.shape[2]):
-        out[..., c] = map_coordinates(x[..., c], [yy, xx], order=3, mode="nearest")
+    if not valid.any():
+        return np.full((ho, wo, frame.shape[2]), np.nan, np.float32), np.zeros((ho, wo), np.float32)
+    out = upsample_spline(_fill_nearest(frame.astype(np.float64), ~valid), out_shape, scale, offset=offset)
     ny = np.floor(ys + 0.5).astype(np.intp)
     nx = np.floor(xs + 0.5).astype(np.intp)
     inside = ((ny >= 0) & (ny < hf))[:, None] & ((nx >= 0) & (nx < wf))[None, :]

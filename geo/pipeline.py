@@ -49,6 +49,7 @@ from .masked_fusion import (
     finish_window,
     fuse_window,
     masked_median,
+    nearest_input,
     nyquist_guard,
     sample_radius_floor,
     upsample_cubic,
@@ -285,7 +286,7 @@ def _fuse_tile(args) -> tuple[TileTask, np.ndarray, np.ndarray, np.ndarray]:
         # invalid: filled from the accepted neighbours (count stays 0),
         # never from rejected content (where the reference is valid, its
         # own samples keep their floor weight in fuse_window).
-        seen = covered[_near_index(out_shape[0], s, hr)[:, None], _near_index(out_shape[1], s, wr)[None, :]]
+        seen = covered[nearest_input(out_shape[0], s, hr)[:, None], nearest_input(out_shape[1], s, wr)[None, :]]
         img = fill_from_neighbours(img, seen & (den == 0))
     del frames, valids
     if len(ctx.passes) > 1:
@@ -315,11 +316,6 @@ def _fuse_tile(args) -> tuple[TileTask, np.ndarray, np.ndarray, np.ndarray]:
         # overshoots next to saturated pixels).
         core = np.clip(core, ctx.clip[0], ctx.clip[1])
     return task, core.astype(np.float32), den[y0:y1, x0:x1].copy(), count[y0:y1, x0:x1].copy()
-
-
-def _near_index(n_out: int, scale: float, n_ref: int) -> np.ndarray:
-    # Nearest reference pixel of every output pixel (pixel-area geometry).
-    return np.clip(np.floor((np.arange(n_out) + 0.5) / scale), 0, n_ref - 1).astype(np.intp)
 
 
 def _sample_windows(h: int, w: int, size: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
@@ -880,11 +876,13 @@ def _choose_reference(infos, specs, band_idx, dst_crs, resolution, sample) -> tu
     windows = _sample_windows(grid.height, grid.width, sample)
     nb = len(band_idx)
     data = []  # per window: (N, h, w, C), (N, h, w)
+    passes = []
+    for info, spec in zip(infos, specs):
+        pl = place_pass(info, grid)
+        passes.append(_Pass(info, pl.native, pl.offset, spec, (1.0,) * nb, (0.0,) * nb))
     for rows, cols in windows:
         ds, vs = [], []
-        for info, spec in zip(infos, specs):
-            pl = place_pass(info, grid)
-            ps = _Pass(info, pl.native, pl.offset, spec, (1.0,) * nb, (0.0,) * nb)
+        for ps in passes:
             d, v = _read_pass(ps, grid, band_idx, _shift_window(rows, ps.total[0]), _shift_window(cols, ps.total[1]))
             ds.append(d)
             vs.append(v)
