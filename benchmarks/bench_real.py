@@ -36,7 +36,7 @@ hdrplus
     The HDR+ handheld burst (7 real JPEG frames, read through the inverse sRGB
     curve by :func:`mfsr.image_io.read_frames`), centre crop 800 x 600.
 
-    *Held-out-frame prediction* (:func:`held_out_psnr`): frame k is held out,
+    *Held-out-frame prediction* (:func:`mfsr.held_out.held_out_psnr`): frame k is held out,
     the other six are fused with :func:`mfsr.fuse` (its own registration;
     reference = frame 0, or frame 1 when 0 is held out). The fused image is
     re-degraded to frame k's geometry (:func:`mfsr.held_out.predict_frame`:
@@ -332,14 +332,6 @@ def refinement_precision(bf16: bool) -> str:
 # ----------------------------------------------------------------------------- camera measures
 
 
-def held_out_psnr(hr: np.ndarray, flow_k: np.ndarray, frame_k: np.ndarray, scale: int,
-                  crop: int = HDR_BORDER) -> float:
-    """PSNR (dB) of ``hr`` re-degraded to frame k's geometry against frame k (:mod:`mfsr.held_out`)."""
-    from mfsr.held_out import held_out_psnr as score
-
-    return score(hr, flow_k, frame_k, scale, crop=crop)
-
-
 def srgb_levels(linear: np.ndarray) -> np.ndarray:
     """What an 8-bit sRGB PNG holds, before rounding: clip(sRGB(x), 0, 1) * 255."""
     from mfsr.transfer import linear_to_srgb
@@ -386,7 +378,7 @@ def hdrplus_section(quick: bool = False) -> list[str]:
     """HDR+ burst: held-out-frame prediction, black crush and halos (module docstring)."""
     from mfsr import FusionParams, fuse, register
     from mfsr.baselines import single_frame_upscale
-    from mfsr.held_out import blur_fitted_psnr
+    from mfsr.held_out import blur_fitted_psnr, held_out_psnr
     from mfsr.image_io import read_frames
 
     lines = ["## hdrplus: HDR+ handheld burst (7 real JPEG frames, centre 800x600)", ""]
@@ -418,7 +410,7 @@ def hdrplus_section(quick: bool = False) -> list[str]:
                     t = time.perf_counter()
                     try:
                         hr = fuse(frames[others], scale=s, reference=ridx, **kw).image
-                        score = held_out_psnr(hr, flows[ref][k], frames[k], s)
+                        score = held_out_psnr(hr, flows[ref][k], frames[k], s, crop=HDR_BORDER)
                         fitted[(s, name)].append(blur_fitted_psnr(hr, flows[ref][k], frames[k], s, crop=HDR_BORDER))
                     except Exception as exc:  # noqa: BLE001 - reported, the run goes on
                         _problem(f"hdrplus held-out frame {k}, scale {s}, {name}", exc)
@@ -427,7 +419,8 @@ def hdrplus_section(quick: bool = False) -> list[str]:
                     print(f"  hdrplus held-out {k} x{s} {name}: {score:.2f} dB ({time.perf_counter() - t:.1f} s)",
                           flush=True)
                 base = single_frame_upscale(frames[ref], s)
-                scores[(s, "reference upsampled")].append(held_out_psnr(base, flows[ref][k], frames[k], s))
+                scores[(s, "reference upsampled")].append(
+                    held_out_psnr(base, flows[ref][k], frames[k], s, crop=HDR_BORDER))
                 fitted[(s, "reference upsampled")].append(
                     blur_fitted_psnr(base, flows[ref][k], frames[k], s, crop=HDR_BORDER))
 
@@ -941,7 +934,7 @@ def strength_section(quick: bool = False, write_limit: Path | None = None) -> li
     folder's ``manifest.json`` ``real_capture_limit`` (with its source).
     """
     from mfsr import fuse, register
-    from mfsr.held_out import blur_fitted_psnr
+    from mfsr.held_out import blur_fitted_psnr, held_out_psnr
     from mfsr.image_io import read_frames
     from mfsr.metrics import psnr
     from mfsr.refine import WEIGHTS_DIR, refine_image
@@ -975,7 +968,8 @@ def strength_section(quick: bool = False, write_limit: Path | None = None) -> li
                         r0 = fuse(stack[others], scale=s, reference=others.index(ref), refine=False)
 
                         def score(img, s=s, target=target, flow=flows[ref][k]):
-                            return held_out_psnr(img if img.ndim == 3 else img[..., None], flow, target, s)
+                            return held_out_psnr(img if img.ndim == 3 else img[..., None], flow, target, s,
+                                                 crop=HDR_BORDER)
 
                         def score_fit(img, s=s, target=target, flow=flows[ref][k]):
                             return blur_fitted_psnr(img if img.ndim == 3 else img[..., None], flow, target, s,
