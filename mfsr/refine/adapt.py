@@ -428,15 +428,16 @@ def choose_strength(gains: dict, max_loss: float = MAX_LOSS_DB) -> float:
     return chosen
 
 
-def _gains(weights, examples: list[HeldOutFrame], strengths, ensemble: int | None, blur: float) -> dict:
+def _gains(weights, examples: list[HeldOutFrame], plain: list[float], strengths, ensemble: int | None,
+           blur: float) -> dict:
+    # Held-out gains over the plain fusion, whose scores ``plain`` are given.
     out = {st: [] for st in strengths}
-    for ex in examples:
-        plain = held_out_psnr(ex.image, ex.flow, ex.target, ex.scale, cfa=ex.cfa, crop=BORDER, blur=blur)
+    for ex, base in zip(examples, plain):
         for st in strengths:
             refined = refine_image(ex.image, ex.confidence, cfa=ex.cfa is not None, scale=ex.scale, noise=ex.noise,
                                    weights=weights, strength=st, ensemble=ensemble)
             out[st].append(held_out_psnr(refined, ex.flow, ex.target, ex.scale, cfa=ex.cfa, crop=BORDER, blur=blur)
-                           - plain)
+                           - base)
     return out
 
 
@@ -565,9 +566,14 @@ def adapt(
     log(f"adapt: {mode} fusions at scale {scale}: {len(train)} training and {len(val)} validation frame(s) "
         f"from {len(by_burst)} burst(s)")
 
-    base_gains = _gains(weights, val, STRENGTHS, ensemble, blur)
-    default_gain = _gains(weights, val, (default_strength,), ensemble, blur)[default_strength] \
-        if default_strength > 0 else [0.0] * len(val)
+    plain = [held_out_psnr(ex.image, ex.flow, ex.target, ex.scale, cfa=ex.cfa, crop=BORDER, blur=blur) for ex in val]
+    base_gains = _gains(weights, val, plain, STRENGTHS, ensemble, blur)
+    if default_strength <= 0:
+        default_gain = [0.0] * len(val)
+    elif default_strength in base_gains:
+        default_gain = base_gains[default_strength]
+    else:
+        default_gain = _gains(weights, val, plain, (default_strength,), ensemble, blur)[default_strength]
 
     net = copy.deepcopy(base_net)
     for p in net.parameters():
@@ -605,7 +611,7 @@ def adapt(
     for p in net.parameters():
         p.requires_grad_(False)
 
-    adapted_gains = _gains(net, val, STRENGTHS, ensemble, blur)
+    adapted_gains = _gains(net, val, plain, STRENGTHS, ensemble, blur)
     strength = choose_strength(adapted_gains)
     validation = {"base": _summary(base_gains), "adapted": _summary(adapted_gains),
                   "base_default": [default_strength, round(float(np.mean(default_gain)), 3),
