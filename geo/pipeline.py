@@ -41,6 +41,7 @@ from mfsr.validation import check_scale
 from .coregister import estimate_shift
 from .grid import Grid, choose_grid, open_on_grid, output_grid, place_pass, scale_fraction
 from .masked_fusion import (
+    GUARD_MIN_SCALE,
     GUARD_ROUNDS,
     HALO,
     back_project,
@@ -288,8 +289,6 @@ def _fuse_tile(args) -> tuple[TileTask, np.ndarray, np.ndarray, np.ndarray]:
         # own samples keep their floor weight in fuse_window).
         seen = covered[nearest_input(out_shape[0], s, hr)[:, None], nearest_input(out_shape[1], s, wr)[None, :]]
         img = fill_from_neighbours(img, seen & (den == 0))
-    del frames, valids
-    if len(ctx.passes) > 1:
         # Filled holes have no accepted sample nearby: no bound there (their
         # values are weighted means of accepted neighbours). The guard comes
         # after the clamp so that it also smooths the clamp's kinks; the
@@ -302,8 +301,10 @@ def _fuse_tile(args) -> tuple[TileTask, np.ndarray, np.ndarray, np.ndarray]:
         # single pass keeps its plain cubic interpolation (the spline's
         # peaks between samples are part of it).
         img = clamp_to_bounds(img, lo_b, hi_b, s, ctx.margin)
-        for _ in range(GUARD_ROUNDS):
-            img = clamp_to_bounds(nyquist_guard(img, s), lo_b, hi_b, s, ctx.margin)
+        if s >= GUARD_MIN_SCALE:  # below it the guard changes nothing and the clamp would only repeat itself
+            for _ in range(GUARD_ROUNDS):
+                img = clamp_to_bounds(nyquist_guard(img, s), lo_b, hi_b, s, ctx.margin)
+    del frames, valids
     y0 = _out_index(task.core_rows[0], ctx.grid.height, ctx.out_height, s) - o0[0]
     y1 = _out_index(task.core_rows[1], ctx.grid.height, ctx.out_height, s) - o0[0]
     x0 = _out_index(task.core_cols[0], ctx.grid.width, ctx.out_width, s) - o0[1]
