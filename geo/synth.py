@@ -24,6 +24,8 @@ from affine import Affine
 from scipy.ndimage import gaussian_filter
 from scipy.ndimage import shift as nd_shift
 
+from mfsr.pixel_area import block_mean
+
 __all__ = ["SyntheticPasses", "block_mean", "cloud_mask", "simulate_passes"]
 
 
@@ -58,12 +60,6 @@ class SyntheticPasses:
     masks: np.ndarray
     lr_transform: Affine
     truth: np.ndarray
-
-
-def block_mean(img: np.ndarray, s: int) -> np.ndarray:
-    """Mean over ``s x s`` blocks (pixel-area integration), trailing rows/cols dropped."""
-    h, w = (img.shape[0] // s) * s, (img.shape[1] // s) * s
-    return img[:h, :w].reshape(h // s, s, w // s, s).mean(axis=(1, 3))
 
 
 def cloud_mask(shape: tuple[int, int], fraction: float, rng: np.random.Generator, blob: float = 6.0) -> np.ndarray:

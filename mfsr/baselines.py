@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from .cfa import demosaic_bilinear
-from .synth import _reflect_index
+from .pixel_area import centre_coordinates, reflect_index
 from .validation import as_burst, check_scale
 
 __all__ = ["single_frame_upscale", "phase_correlation_average"]
@@ -47,7 +47,7 @@ def _resample_axis(coef: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarra
     c = np.moveaxis(coef, axis, 0)
     out = None
     for k in range(4):
-        idx = _reflect_index(m0 + k, n)
+        idx = reflect_index(m0 + k, n)
         term = w[:, k].reshape((-1,) + (1,) * (c.ndim - 1)).astype(np.float32) * c[idx]
         out = term if out is None else out + term
     return np.moveaxis(out, 0, axis)
@@ -61,8 +61,8 @@ def _bicubic_upsample(img: np.ndarray, scale: float) -> np.ndarray:
     """
     h, w = img.shape[:2]
     oh, ow = int(round(h * scale)), int(round(w * scale))
-    ty = (np.arange(oh) + 0.5) / scale - 0.5
-    tx = (np.arange(ow) + 0.5) / scale - 0.5
+    ty = centre_coordinates(oh, scale)
+    tx = centre_coordinates(ow, scale)
     coef = img.astype(np.float64)
     for ax in (0, 1):
         coef = ndimage.spline_filter1d(coef, order=3, axis=ax, mode="reflect")

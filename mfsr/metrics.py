@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from .cfa import mosaic
-from .synth import _apply_separable, _area_weights, box_sample
+from .pixel_area import apply_separable, area_weights, box_sample
 from .validation import check_scale
 
 __all__ = ["psnr", "ssim", "flow_epe", "degrade", "downscale_consistency"]
@@ -255,9 +255,9 @@ def degrade(
     chans = [img] if img.ndim == 2 else [np.ascontiguousarray(img[..., c]) for c in range(img.shape[2])]
 
     if flow is None:
-        iy, wy = _area_weights(h, H, s)
-        ix, wx = _area_weights(w, W, s)
-        planes = [_apply_separable(c, iy, wy, ix, wx) for c in chans]
+        iy, wy = area_weights(h, H, s)
+        ix, wx = area_weights(w, W, s)
+        planes = [apply_separable(c, iy, wy, ix, wx) for c in chans]
     else:
         fl = np.asarray(flow, dtype=np.float64)
         if fl.shape != (h, w, 2):

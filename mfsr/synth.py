@@ -47,6 +47,7 @@ import numpy as np
 from scipy import ndimage
 
 from .cfa import cell_channels, check_pattern
+from .pixel_area import apply_separable, area_weights, box_coordinate, box_sample
 from .validation import check_reference, check_scale
 from .transfer import REC709_LUMA, srgb_to_linear
 
@@ -327,105 +328,6 @@ def _draw_warp(rng, amplitude, n_comp=3):
     return {"amp": amp, "fy": fy, "fx": fx, "phase": phase}
 
 
-# ---------------------------------------------------------------------------
-# exact area integration of a piecewise-constant image
-
-
-def _reflect_index(m: np.ndarray, n: int) -> np.ndarray:
-    """Fold integer indices into [0, n) by half-sample symmetric reflection."""
-    m = np.mod(m, 2 * n)
-    return np.where(m >= n, 2 * n - 1 - m, m)
-
-
-def _area_weights(n_out: int, n_in: int, scale: float, shift: float = 0.0):
-    """1-D fractional-area weights of low-res pixels over high-res pixels.
-
-    Low-res pixel ``i`` covers, in high-res *edge* coordinates (high-res pixel
-    ``m`` covers ``[m, m + 1]``), the interval ``[(i + shift) s, (i + shift + 1) s]``.
-
-    Returns
-    -------
-    idx : ndarray of intp, shape (n_out, K)
-        High-res pixel indices (reflected into range).
-    wts : ndarray of float32, shape (n_out, K)
-        Overlap lengths divided by ``s``; each row sums to 1.
-    """
-    a = (np.arange(n_out, dtype=np.float64) + shift) * scale
-    b = a + scale
-    m0 = np.floor(a).astype(np.intp)
-    k = int(math.ceil(scale)) + 1
-    m = m0[:, None] + np.arange(k)[None, :]
-    ov = np.minimum(b[:, None], m + 1) - np.maximum(a[:, None], m)
-    wts = (np.clip(ov, 0.0, None) / scale).astype(np.float32)
-    return _reflect_index(m, n_in), wts
-
-
-def _apply_rows(img: np.ndarray, idx: np.ndarray, wts: np.ndarray) -> np.ndarray:
-    out = wts[:, 0, None] * img[idx[:, 0]]
-    for t in range(1, idx.shape[1]):
-        out += wts[:, t, None] * img[idx[:, t]]
-    return out
-
-
-def _apply_separable(img, iy, wy, ix, wx) -> np.ndarray:
-    """``Wy @ img @ Wx.T`` for banded 1-D operators given as (index, weight) pairs."""
-    tmp = _apply_rows(img, iy, wy)  # (ny, W)
-    return np.ascontiguousarray(_apply_rows(np.ascontiguousarray(tmp.T), ix, wx).T)
-
-
-def _box_coordinate(u: np.ndarray, side: float) -> np.ndarray:
-    """Coordinate at which linear interpolation equals an exact box mean.
-
-    For a piecewise-constant signal (pixel ``m`` uniform on ``[m - 0.5, m + 0.5]``)
-    the mean over ``[u - side/2, u + side/2]`` with ``side <= 1`` touches at most
-    two pixels ``m0, m0 + 1``; it equals linear interpolation at ``m0 + v`` with
-    ``v = max(0, 1 - (1 - f) / side)``, ``f`` the position of the interval's
-    left end inside pixel ``m0``. This turns exact area integration into one
-    ``map_coordinates(order=1)`` call.
-    """
-    e = u + 0.5 - 0.5 * side
-    m0 = np.floor(e)
-    f = e - m0
-    return m0 + np.maximum(0.0, 1.0 - (1.0 - f) / side)
-
-
-def box_sample(
-    image: np.ndarray, cy: np.ndarray, cx: np.ndarray, side: float
-) -> np.ndarray:
-    """Exact mean of a piecewise-constant image over axis-aligned squares.
-
-    Parameters
-    ----------
-    image : ndarray, shape (H, W)
-        Each pixel uniform over its unit square; reflected (half-sample
-        symmetric) beyond the border.
-    cy, cx : ndarray of float, one shape
-        Square centres in pixel coordinates (pixel centres at integers).
-    side : float
-        Side of the squares in pixels, > 0.
-
-    Returns
-    -------
-    mean : ndarray of float32, shape of ``cy``
-    """
-    n = max(1, int(math.ceil(side - 1e-12)))
-    sub = side / n
-    acc = None
-    for a in range(n):
-        oy = ((a + 0.5) / n - 0.5) * side
-        for b in range(n):
-            ox = ((b + 0.5) / n - 0.5) * side
-            v = ndimage.map_coordinates(
-                image,
-                [_box_coordinate(cy + oy, sub), _box_coordinate(cx + ox, sub)],
-                order=1,
-                mode="reflect",
-                output=np.float32,
-            )
-            acc = v if acc is None else acc + v
-    return acc / np.float32(n * n)
-
-
 def lowres_shape(hr_shape: tuple[int, int], scale: float) -> tuple[int, int]:
     """Largest low-res frame size (h, w) with ``round(h s) <= H`` and ``round(w s) <= W``."""
     out = []
@@ -447,9 +349,9 @@ def _render_separable(chan, motion, scale, rows, cols):
     rows, cols : slices of the low-res frame to render (for CFA parities).
     """
     H, W = chan.shape
-    iy, wy = _area_weights(rows.stop, H, scale, motion.t[0])
-    ix, wx = _area_weights(cols.stop, W, scale, motion.t[1])
-    return _apply_separable(chan, iy[rows], wy[rows], ix[cols], wx[cols])
+    iy, wy = area_weights(rows.stop, H, scale, motion.t[0])
+    ix, wx = area_weights(cols.stop, W, scale, motion.t[1])
+    return apply_separable(chan, iy[rows], wy[rows], ix[cols], wx[cols])
 
 
 def _render_general(chan, motion, scale, ys, xs, q, chunk=1 << 21):
@@ -476,7 +378,7 @@ def _render_general(chan, motion, scale, ys, xs, q, chunk=1 << 21):
                 ux = (rx + (r10 * oy + r11 * ox) + 0.5) * scale - 0.5
                 acc += ndimage.map_coordinates(
                     chan,
-                    [_box_coordinate(uy, side), _box_coordinate(ux, side)],
+                    [box_coordinate(uy, side), box_coordinate(ux, side)],
                     order=1,
                     mode="reflect",
                     output=np.float32,

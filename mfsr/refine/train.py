@@ -93,6 +93,7 @@ import torch.nn.functional as F
 
 from ..fusion import fuse
 from ..metrics import psnr, ssim
+from ..pixel_area import block_mean
 from ..synth import dead_leaves, sample_image, simulate_burst
 from ..transfer import REC709_LUMA, srgb_to_linear
 from ._features import PSF_FEATURE_MAX, confidence_reference, global_features, pixel_features
@@ -153,8 +154,7 @@ def _extra_photo(package: str, relpath: str, factor: int) -> np.ndarray:
             raw = np.asarray(im.convert("RGB"))
     img = srgb_to_linear(raw.astype(np.float32) / 255.0)
     if factor > 1:
-        h, w = (img.shape[0] // factor) * factor, (img.shape[1] // factor) * factor
-        img = img[:h, :w].reshape(h // factor, factor, w // factor, factor, *img.shape[2:]).mean(axis=(1, 3))
+        img = block_mean(img, factor)
     return np.ascontiguousarray(img, np.float32)
 
 
