@@ -26,7 +26,6 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .accumulate import _bilinear2
 from .separable_filter import filter_column, filter_row
 
 
@@ -118,6 +117,25 @@ def local_stats(guide: np.ndarray, taps: np.ndarray) -> tuple[np.ndarray, np.nda
             filter_column(plane, y, taps, False, col)
             filter_row(col, taps, mean[c, y])
     return mean, var
+
+
+@njit(cache=True, inline="always")
+def _bilinear2(field: np.ndarray, y: float, x: float) -> tuple[float, float]:
+    # Bilinear lookup of a (H, W, 2) field with coordinates clamped to the grid.
+    h, w = field.shape[0], field.shape[1]
+    y = min(max(y, 0.0), h - 1.0)
+    x = min(max(x, 0.0), w - 1.0)
+    y0 = min(int(y), h - 2) if h > 1 else 0
+    x0 = min(int(x), w - 2) if w > 1 else 0
+    y1 = min(y0 + 1, h - 1)
+    x1 = min(x0 + 1, w - 1)
+    fy = y - y0
+    fx = x - x0
+    a0 = (1.0 - fx) * field[y0, x0, 0] + fx * field[y0, x1, 0]
+    b0 = (1.0 - fx) * field[y1, x0, 0] + fx * field[y1, x1, 0]
+    a1 = (1.0 - fx) * field[y0, x0, 1] + fx * field[y0, x1, 1]
+    b1 = (1.0 - fx) * field[y1, x0, 1] + fx * field[y1, x1, 1]
+    return (1.0 - fy) * a0 + fy * b0, (1.0 - fy) * a1 + fy * b1
 
 
 @njit(cache=True, parallel=True, fastmath=True)
