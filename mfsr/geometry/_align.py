@@ -12,8 +12,14 @@ import numpy as np
 import torch
 
 from ..registration import RegistrationParams, align_frame, prepare_reference
-from ._estimate import FrameMap, GeometryParams, _single_thread, fit_transform, refine_photometric
-from ._pipeline import _tile_matches
+from ._estimate import (
+    FrameMap,
+    GeometryParams,
+    fit_transform,
+    refine_photometric,
+    single_torch_thread,
+    tile_matches,
+)
 from ._warp import check_model, check_transform, warp_image
 
 __all__ = ["estimate_transform", "warp"]
@@ -104,7 +110,7 @@ def estimate_transform(
     mov = np.where(np.isfinite(mov), mov, fill).astype(np.float32)
     shape = ref.shape
     motion = align_frame(prepare_reference(ref, None, registration), mov)
-    src, dst, wts = _tile_matches(motion, params.min_sigma)
+    src, dst, wts = tile_matches(motion, params.min_sigma)
     if not valid.all():
         from scipy.ndimage import uniform_filter
 
@@ -151,7 +157,7 @@ def warp(image, H, shape: tuple[int, int] | None = None, *, mode: str = "bicubic
     chans = a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
     t = torch.as_tensor(np.ascontiguousarray(chans))[None]
     Ht = torch.as_tensor(Hm)[None]
-    with torch.no_grad(), _single_thread():
+    with torch.no_grad(), single_torch_thread():
         out = warp_image(t, Ht, out_shape, mode=mode, padding_mode="border")[0]
         if fill is not None:
             ones = torch.ones(1, 1, *a.shape[:2])

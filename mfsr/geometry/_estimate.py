@@ -41,7 +41,15 @@ from kornia.geometry.transform import remap
 from ._lens import default_camera_matrix
 from ._warp import N_PARAMS, check_model, matrix_to_params, normalization, params_to_matrix
 
-__all__ = ["GeometryParams", "FitResult", "FrameMap", "fit_transform", "refine_photometric"]
+__all__ = [
+    "GeometryParams",
+    "FitResult",
+    "FrameMap",
+    "fit_transform",
+    "refine_photometric",
+    "single_torch_thread",
+    "tile_matches",
+]
 
 
 @dataclass(frozen=True)
@@ -277,6 +285,45 @@ def _ransac(model, src_n, dst_n, w, threshold_n, iterations, rng):
     return best
 
 
+def tile_matches(motion, weight_floor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Point matches for :func:`fit_transform` from a frame's tile motion.
+
+    Parameters
+    ----------
+    motion : mfsr.registration.TileMotion
+        Tile registration of a frame to the reference.
+    weight_floor : float
+        Added (squared) to every tile's predicted standard deviation, input
+        px, so that no tile counts as more exact than this
+        (``GeometryParams.min_sigma``).
+
+    Returns
+    -------
+    src : ndarray of float64, shape (M, 2)
+        Tile centres on the reference, ``(x, y)`` input px (registration
+        pixel ``i`` centred at input coordinate ``g (i + 0.5) - 0.5``, ``g``
+        the grid factor).
+    dst : ndarray of float64, shape (M, 2)
+        The same points displaced by the tiles' motion, ``(x, y)`` input px.
+    weights : ndarray of float64, shape (M,)
+        Inverse variance ``1 / (sd^2 + weight_floor^2)`` from the
+        Lucas-Kanade uncertainty (0 where it is infinite, 1 for every tile
+        when the motion has none).
+    """
+    cy, cx = motion.centres
+    g = float(motion.grid_factor)
+    yy, xx = np.meshgrid(g * (cy + 0.5) - 0.5, g * (cx + 0.5) - 0.5, indexing="ij")
+    d = motion.displacements.astype(np.float64) * g
+    src = np.stack([xx.ravel(), yy.ravel()], 1)
+    dst = src + np.stack([d[..., 1].ravel(), d[..., 0].ravel()], 1)
+    if motion.uncertainty is None:
+        wts = np.ones(len(src))
+    else:
+        sd = motion.uncertainty.astype(np.float64).ravel() * g
+        wts = np.where(np.isfinite(sd), 1.0 / (sd**2 + weight_floor**2), 0.0)
+    return src, dst, wts
+
+
 def fit_transform(
     src,
     dst,
@@ -360,7 +407,7 @@ def fit_transform(
     src_t = torch.as_tensor(src)
     sigma = params.min_sigma
     rw = np.ones(len(src))
-    with _single_thread():
+    with single_torch_thread():
         for _ in range(params.irls_iterations):
             q, J = _map_jacobian(fmap, theta, src_t)
             r = q.numpy() - dst
@@ -463,13 +510,19 @@ def refine_photometric(
     theta : ndarray of float64, shape (fmap.n,)
     """
     params = GeometryParams() if params is None else params
-    with _single_thread():
+    with single_torch_thread():
         return _refine(reference, moving, fmap, theta0, grid_factor, mask, params, points_map)
 
 
-class _single_thread:
-    """Run small torch ops on one thread: with the cores shared, torch's
-    default pool made these per-point operations 15x slower here."""
+class single_torch_thread:
+    """Context manager: run the enclosed torch operations on one thread.
+
+    The global fits and warps work on many small tensors (per-point maps,
+    Jacobians, one image at a time); the start-up cost of torch's thread
+    pool outweighs their work, and on shared cores the pool's threads
+    contend with the Numba kernels. The previous thread count is restored
+    on exit.
+    """
 
     def __enter__(self):
         self.n = torch.get_num_threads()

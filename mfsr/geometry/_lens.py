@@ -26,7 +26,7 @@ import torch
 from kornia.geometry.calibration import distort_points, undistort_points
 from kornia.geometry.transform import remap
 
-from ._warp import _pixel_grid
+from ._warp import pixel_grid
 
 __all__ = ["BrownConrady", "check_distortion", "default_camera_matrix"]
 
@@ -219,7 +219,7 @@ class BrownConrady(torch.nn.Module):
     def _sample(self, image: torch.Tensor, fn, mode: str) -> torch.Tensor:
         b = image.shape[0]
         h, w = image.shape[-2:]
-        grid = _pixel_grid((h, w), torch.float64).expand(b, -1, -1)
+        grid = pixel_grid((h, w), torch.float64).expand(b, -1, -1)
         pts = fn(grid).to(image.dtype)
         return remap(image, pts[..., 0].reshape(b, h, w), pts[..., 1].reshape(b, h, w),
                      mode=mode, padding_mode="border", align_corners=True)

@@ -41,9 +41,16 @@ from kornia.geometry.transform import remap
 
 from ..cfa import demosaic_bilinear, mosaic
 from ..registration import align_frame, dense_flow, flow_irregularity, prepare_reference, registration_image
-from ._estimate import FrameMap, GeometryParams, _single_thread, fit_transform, refine_photometric
+from ._estimate import (
+    FrameMap,
+    GeometryParams,
+    fit_transform,
+    refine_photometric,
+    single_torch_thread,
+    tile_matches,
+)
 from ._lens import BrownConrady, check_distortion
-from ._warp import check_model, check_transform
+from ._warp import check_model, check_transform, pixel_grid
 
 __all__ = ["GlobalGeometry", "check_geometry_args", "global_registration", "resample"]
 
@@ -153,23 +160,6 @@ def _compose(fn, residual: np.ndarray | None, out: np.ndarray) -> None:
         out[r0:r1, :, 1] = q[:, 0].reshape(r1 - r0, w) - xx
 
 
-def _tile_matches(motion, weight_floor: float):
-    """Tile centres (reference) and their displaced positions, input px, with
-    inverse-variance weights from the LK uncertainty."""
-    cy, cx = motion.centres
-    g = float(motion.grid_factor)
-    yy, xx = np.meshgrid(g * (cy + 0.5) - 0.5, g * (cx + 0.5) - 0.5, indexing="ij")
-    d = motion.displacements.astype(np.float64) * g
-    src = np.stack([xx.ravel(), yy.ravel()], 1)
-    dst = src + np.stack([d[..., 1].ravel(), d[..., 0].ravel()], 1)
-    if motion.uncertainty is None:
-        wts = np.ones(len(src))
-    else:
-        sd = motion.uncertainty.astype(np.float64).ravel() * g
-        wts = np.where(np.isfinite(sd), 1.0 / (sd**2 + weight_floor**2), 0.0)
-    return src, dst, wts
-
-
 def _photometric_image(frame: np.ndarray, cfa: str | None, full: bool = True) -> np.ndarray:
     """Grey image for the photometric refinement: for a mosaic, the mean of a
     bilinear demosaic at raw resolution (``full``) or the 2x2-binned grey."""
@@ -243,7 +233,7 @@ def global_registration(
     ``flow(u) = D(u) + G(D(u)) - u`` (``G`` sampled bilinearly).
     """
     params = GeometryParams() if params is None else params
-    with _single_thread():
+    with single_torch_thread():
         return _global_registration(burst, cfa, reference, geometry, distortion, registration, params, frames)
 
 
@@ -287,7 +277,7 @@ def _global_registration(burst, cfa, reference, geometry, distortion, registrati
             continue
         if fmap is not None:
             motion = align_frame(ref_pyr, burst[k])
-            src, dst, wts = _tile_matches(motion, params.min_sigma)
+            src, dst, wts = tile_matches(motion, params.min_sigma)
             if bc is not None:
                 with torch.no_grad():
                     src = bc.undistort_points(torch.as_tensor(src)).numpy()
@@ -365,6 +355,4 @@ def _shrink(motion, factor: float):
 
 def _grid_points(h: int, w: int) -> torch.Tensor:
     """(H*W, 2) float64 (x, y) of every input pixel, row-major."""
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
-                            indexing="ij")
-    return torch.stack([xx, yy], -1).reshape(-1, 2)
+    return pixel_grid((h, w), torch.float64)[0]

@@ -27,6 +27,7 @@ __all__ = [
     "matrix_to_params",
     "normalization",
     "params_to_matrix",
+    "pixel_grid",
     "warp_image",
 ]
 
@@ -154,7 +155,22 @@ def check_transform(H, shape: tuple[int, int], argname: str = "transforms") -> n
     return H
 
 
-def _pixel_grid(shape: tuple[int, int], dtype=torch.float32) -> torch.Tensor:
+def pixel_grid(shape: tuple[int, int], dtype=torch.float32) -> torch.Tensor:
+    """Coordinates of every pixel centre of an image, ``(x, y)`` order.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        (H, W), px.
+    dtype : torch.dtype
+
+    Returns
+    -------
+    Tensor, shape (1, H * W, 2)
+        ``(x, y)`` of pixel ``(i, j)`` (= ``(j, i)``, centres at integers)
+        in row-major order: the points a transform on ``(x, y, 1)`` column
+        vectors maps when an image is resampled.
+    """
     h, w = shape
     ys, xs = torch.meshgrid(
         torch.arange(h, dtype=dtype), torch.arange(w, dtype=dtype), indexing="ij"
@@ -191,7 +207,7 @@ def warp_image(
     """
     b = image.shape[0]
     ho, wo = image.shape[-2:] if shape is None else shape
-    grid = _pixel_grid((ho, wo), H.dtype).expand(b, -1, -1)
+    grid = pixel_grid((ho, wo), H.dtype).expand(b, -1, -1)
     pts = transform_points(H, grid).to(image.dtype)
     mx = pts[..., 0].reshape(b, ho, wo)
     my = pts[..., 1].reshape(b, ho, wo)
