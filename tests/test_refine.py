@@ -668,14 +668,14 @@ def test_more_calibration_bursts_add_to_the_same_ones(toy_run, tmp_path, monkeyp
 
     shutil.copytree(toy_run[0], tmp_path, dirs_exist_ok=True)
     drawn = []
-    original = cal._draw_burst
+    original = cal.draw_burst
 
     def spy(rng, pool, mode=None, scale=None):
         cfg, scene, burst = original(rng, pool, mode=mode, scale=scale)
         drawn.append((mode, scale, cfg["seed"]))
         return cfg, scene, burst
 
-    monkeypatch.setattr(cal, "_draw_burst", spy)
+    monkeypatch.setattr(cal, "draw_burst", spy)
     monkeypatch.setattr(cal, "SCALES", (1.0, 2.0))
     cal.calibrate(tmp_path, bursts=1, log=lambda *a: None)
     one, drawn[:] = list(drawn), []

@@ -44,7 +44,7 @@ import numpy as np
 from ..metrics import psnr
 from ._inference import ENSEMBLES, native_bf16
 from ._weights import MANIFEST, MODES
-from .train import MSE_FLOOR, _draw_burst, _source_pool, make_example
+from .train import MSE_FLOOR, draw_burst, make_example, training_scenes
 
 SCALES = (1.0, 1.5, 2.0, 3.0, 4.0)
 STRENGTHS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
@@ -109,7 +109,7 @@ def calibrate(folder: Path, *, bursts: int = 32, seed: int = 20_000, ensemble: d
         if mode not in MODES or n not in ENSEMBLES:
             raise ValueError(f"ensemble: expected sizes in {ENSEMBLES} for modes {MODES}, got {mode}={n!r}")
     # photographs only: they stand in for the textures too
-    photos, _ = _source_pool()
+    photos, _ = training_scenes()
     pool = (photos, [(name, img) for name, img, _ in photos])
     # the strength for users who give the optical blur (psf_sigma) and for those who do not
     tables: dict[str, dict] = {"strength": {}, "strength_known_psf": {}}
@@ -123,7 +123,7 @@ def calibrate(folder: Path, *, bursts: int = 32, seed: int = 20_000, ensemble: d
             rng = np.random.default_rng([seed, m, k])
             gains = {key: np.zeros((bursts, len(STRENGTHS))) for key in tables}
             for i in range(bursts):
-                cfg, _, burst = _draw_burst(rng, pool, mode=mode, scale=scale)
+                cfg, _, burst = draw_burst(rng, pool, mode=mode, scale=scale)
                 ex = make_example(burst, cfg)
                 fused, conf, truth = ex.images()
                 mse_fused = _mse(fused, truth)
@@ -149,7 +149,7 @@ def calibrate(folder: Path, *, bursts: int = 32, seed: int = 20_000, ensemble: d
         "command": f"python -m mfsr.refine.calibrate --dir {folder} --bursts {bursts} --seed {seed}{named}",
         "bursts_per_bin": bursts,
         "seed": seed,
-        "data": "training photographs (no textures), training degradation range (mfsr.refine.train._draw_burst), unseen seeds",
+        "data": "training photographs (no textures), training degradation range (mfsr.refine.train.draw_burst), unseen seeds",
         "rule": f"highest mean gain whose worst burst loses no more than {-WORST_ALLOWED:g} dB",
         "gain": f"10 log10((MSE fused + {MSE_FLOOR:g}) / (MSE refined + {MSE_FLOOR:g})), 8 px border excluded",
         "gain_db_full_mean_worst_and_calibrated_mean_worst": reports["strength"],

@@ -168,8 +168,20 @@ PHOTO_WEIGHTS = {"china": 3.0, "flower": 3.0, "camera": 2.0, "aero": 2.0, "ascen
 TEXTURE_SHARE = 0.1
 
 
-def _source_pool() -> tuple[list[tuple[str, np.ndarray, float]], list[tuple[str, np.ndarray]]]:
-    """Training scenes, linear light: ``(photos, textures)``; photos with their draw weight."""
+def training_scenes() -> tuple[list[tuple[str, np.ndarray, float]], list[tuple[str, np.ndarray]]]:
+    """The scenes training bursts are drawn from (the ``pool`` of :func:`draw_burst`).
+
+    Returns
+    -------
+    photos : list of (str, ndarray, float)
+        Name, image and draw weight (:data:`PHOTO_WEIGHTS`, 1 by default) of
+        every training photograph (:data:`mfsr.refine.heldout.TRAIN_IMAGES`
+        and :data:`~mfsr.refine.heldout.TRAIN_EXTRA_PHOTOS`); images are
+        linear-light float32, (H, W) or (H, W, 3).
+    textures : list of (str, ndarray)
+        Name and image of the dead-leaves textures
+        (:data:`~mfsr.refine.heldout.TRAIN_DEAD_LEAVES_SEEDS`), 384 x 384.
+    """
     photos = [(name, sample_image(name), PHOTO_WEIGHTS.get(name, 1.0)) for name in TRAIN_IMAGES]
     for name, package, relpath, factor in TRAIN_EXTRA_PHOTOS:
         photos.append((name, _extra_photo(package, relpath, factor), PHOTO_WEIGHTS.get(name, 1.0)))
@@ -268,8 +280,30 @@ def _draw_config(rng, pool, mode: str | None = None, scale: float | None = None)
     return cfg, scene
 
 
-def _draw_burst(rng, pool, mode: str | None = None, scale: float | None = None) -> tuple[dict, np.ndarray, object]:
-    """Degradation parameters, scene and simulated burst (see :func:`_draw_config`)."""
+def draw_burst(rng, pool, mode: str | None = None, scale: float | None = None) -> tuple[dict, np.ndarray, object]:
+    """One random training burst: degradation parameters, scene and simulated burst.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Source of every random draw (scene, crop, degradation, noise seed).
+    pool : (photos, textures)
+        Scenes as returned by :func:`training_scenes` (``textures`` may be
+        empty).
+    mode : {"cfa", "grey", "rgb"} or None
+        Forces the burst's mode; drawn from :data:`MODE_SHARES` when None.
+    scale : float or None
+        Forces the scale; drawn from :data:`SCALE_SHARES` when None.
+
+    Returns
+    -------
+    cfg : dict
+        Keyword arguments of :func:`mfsr.synth.simulate_burst` plus
+        ``mode`` and ``scene`` (the scene's name).
+    scene : ndarray of float32, shape (S, S) or (S, S, 3)
+        The cropped, flipped and recoloured scene, linear light.
+    burst : mfsr.synth.SimulatedBurst
+    """
     cfg, scene = _draw_config(rng, pool, mode, scale)
     kw = {k: v for k, v in cfg.items() if k not in ("mode", "scene")}
     try:
@@ -298,11 +332,11 @@ def make_example(burst, cfg: dict) -> Example:
 def build_cache(n: int, seed: int, log=print, mode: str | None = None) -> tuple[list[Example], float]:
     """Simulate and fuse ``n`` bursts (all of ``mode`` if given); returns the examples and the total fuse time (s)."""
     rng = np.random.default_rng(seed)
-    pool = _source_pool()
+    pool = training_scenes()
     out, fuse_total = [], 0.0
     t0 = time.perf_counter()
     for i in range(n):
-        cfg, _, burst = _draw_burst(rng, pool, mode=mode)
+        cfg, _, burst = draw_burst(rng, pool, mode=mode)
         ex = make_example(burst, cfg)
         fuse_total += ex.info["fuse_s"]
         out.append(ex)
