@@ -1,10 +1,12 @@
 """Atomic GeoTIFF output, optionally Cloud-Optimized.
 
 Every output is written to a temporary file in its final directory
-(``.<name>.<random>.tmp``) and moved into place with ``os.replace`` only
-when the whole product (and its companions) is complete, so a failure or an
-interrupt never leaves a partial file under the final name. Existing outputs
-are refused unless ``overwrite=True``.
+(:func:`mfsr.atomic_file.temporary_path`) and moved into place only when the
+whole product (and its companions) is complete, so a failure or an interrupt
+never leaves a partial file under the final name. Existing outputs are
+refused unless ``overwrite=True``, and without it the final name is created
+exclusively, so a concurrent run to the same new file fails instead of
+replacing it.
 
 COG: with GDAL's ``COG`` driver (GDAL >= 3.1) the finished temporary GeoTIFF
 is copied by it (tiled 512 px, overviews, DEFLATE); without it, overviews are
@@ -15,7 +17,6 @@ built on the temporary file and it is copied as a tiled GeoTIFF with
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ import rasterio
 import rasterio.shutil
 from rasterio.windows import Window
 
+from ..atomic_file import commit_temporary, temporary_path
 from .grid import Grid
 
 __all__ = ["check_output_path", "RasterWriter", "commit_all", "abort_all"]
@@ -68,13 +70,17 @@ class RasterWriter:
         Convert to a Cloud-Optimized GeoTIFF on commit.
     block : int
         Internal tile size, px.
+    overwrite : bool
+        Replace an existing file on commit; if False the final name is
+        created exclusively (``FileExistsError`` if it appeared meanwhile).
     """
 
     def __init__(self, path, grid: Grid, count: int, dtype: str, nodata=None, *, descriptions=None,
-                 tags=None, band_tags=None, cog: bool = False, block: int = 512):
+                 tags=None, band_tags=None, cog: bool = False, block: int = 512, overwrite: bool = True):
         self.path = Path(path)
         self.cog = cog
-        self.tmp = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex[:12]}.tmp"
+        self.overwrite = overwrite
+        self.tmp = temporary_path(self.path)
         blk = block if min(grid.width, grid.height) >= block else 256
         tiled = min(grid.width, grid.height) >= blk
         profile = dict(
@@ -139,8 +145,7 @@ class RasterWriter:
 
     def commit(self) -> Path:
         """Move the finished temporary file to its final name."""
-        os.replace(self.tmp, self.path)
-        return self.path
+        return commit_temporary(self.tmp, self.path, overwrite=self.overwrite)
 
     def abort(self) -> None:
         """Close and delete the temporary file."""

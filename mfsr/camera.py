@@ -236,6 +236,7 @@ def save_camera_image(
     *,
     linear: bool,
     dtype: str | None = None,
+    overwrite: bool = True,
 ) -> Path:
     """Write a developed (or linear) camera image with its metadata, atomically.
 
@@ -254,6 +255,9 @@ def save_camera_image(
         without any transfer curve; finished ones with the sRGB curve.
     dtype : {"uint8", "uint16", "float32"}, optional
         Sample type (default: uint8 for finished PNG, uint16 otherwise).
+    overwrite : bool
+        Replace an existing file; if False it is created exclusively
+        (``FileExistsError`` if it exists).
 
     Returns
     -------
@@ -281,10 +285,11 @@ def save_camera_image(
             orientation=info.orientation,
             iso=info.iso,
             exposure_time=info.exposure_time,
+            overwrite=overwrite,
         )
     transfer = "linear" if linear else "srgb"
     if path.suffix.lower() == ".png":
         if not linear:
             image = apply_orientation(image, info.orientation)
-        return write_image(path, image, transfer=transfer, dtype=dtype)
-    return write_image(path, image, transfer=transfer, dtype=dtype, orientation=info.orientation)
+        return write_image(path, image, transfer=transfer, dtype=dtype, overwrite=overwrite)
+    return write_image(path, image, transfer=transfer, dtype=dtype, orientation=info.orientation, overwrite=overwrite)

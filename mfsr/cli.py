@@ -13,7 +13,10 @@ status 2; nothing half-written is left behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -180,15 +183,13 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="MASK",
         help="cloud/quality mask per pass, in pass order (nonzero = invalid)",
     )
-    geo.add_argument("--tile", type=int, default=1024, help="tile size in input pixels (default 1024)")
+    geo.add_argument("--tile", type=int, help="tile size in input pixels (default 1024)")
     geo.add_argument(
         "--scheduler",
-        default="threads",
         help="'threads' (default, this machine) or distributed://host:port (a dask cluster)",
     )
     geo.add_argument("--cog", action="store_true", help="write a Cloud-Optimized GeoTIFF")
     geo.add_argument("--save-count", metavar="PATH", help="also write the number of valid passes per pixel")
-    geo.add_argument("--overwrite", action="store_true", help="replace an existing output GeoTIFF")
     learned = f.add_argument_group("learned refinement (camera bursts and image files)")
     ref = learned.add_mutually_exclusive_group()
     ref.add_argument(
@@ -230,6 +231,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "--report",
         metavar="PATH",
         help="also write a .png comparison: one frame vs fused, their difference, crops at 100%%",
+    )
+    extra.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace outputs that exist (default: refuse them before any work)",
     )
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
 
@@ -281,48 +287,21 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _is_raw_input(args: argparse.Namespace) -> bool:
-    """RAW route: headerless options, a RAW file among the inputs, or a folder of RAW files."""
-    from .raw_io import RAW_SUFFIXES
-
-    if args.raw_size is not None or args.raw_bits is not None:
-        return True
-    for p in map(Path, args.frames):
-        if p.is_dir():
-            if any(q.suffix.lower() in RAW_SUFFIXES for q in p.iterdir() if q.is_file()):
-                return True
-        elif p.suffix.lower() in RAW_SUFFIXES:
-            return True
-    return False
-
-
-def _fuse_raw(args: argparse.Namespace):
+def _fuse_raw(args: argparse.Namespace, files: list[Path], options: dict):
     """Fuse a RAW burst; returns (result, frames, cfa, develop)."""
     from dataclasses import replace
 
     from .camera import develop, fuse_raw, resolve_white_balance, save_camera_image
     from .validation import check_color_matrix, check_white_balance
 
-    headerless = None
-    if args.raw_size is not None or args.raw_bits is not None:
-        missing = [n for n, v in (("--raw-size", args.raw_size), ("--raw-bits", args.raw_bits), ("--cfa", args.cfa)) if v is None]
-        if missing:
-            raise ValueError(f"headerless raw input needs {', '.join(missing)}")
-        w, h = args.raw_size
-        headerless = dict(width=w, height=h, bits=args.raw_bits, cfa=args.cfa)
-        if args.black_level is not None:
-            headerless["black_level"] = args.black_level
-        if args.white_level is not None:
-            headerless["white_level"] = args.white_level
-    elif args.cfa is not None:
-        raise ValueError("--cfa: RAW files carry their own CFA pattern (--cfa is for headerless dumps)")
+    headerless = _headerless(args)
     # Checked here, before the fusion, so the message names the option.
     wb = None if args.white_balance is None else check_white_balance(args.white_balance, "--white-balance")
     cm = None if args.color_matrix is None else check_color_matrix(args.color_matrix, "--color-matrix")
     out = Path(args.output)
     linear = args.linear if args.linear is not None else out.suffix.lower() == ".dng"
     cam = fuse_raw(
-        args.frames,
+        files,
         scale=args.scale,
         reference="auto" if args.reference is None else args.reference,
         noise=None if args.noise is None else tuple(args.noise),
@@ -330,7 +309,7 @@ def _fuse_raw(args: argparse.Namespace):
         white_balance=wb,
         color_matrix=cm,
         progress=not args.quiet,
-        **_fuse_options(args),
+        **options,
     )
     info = cam.reference_info
     # One set of gains for everything developed (the output, the report's
@@ -353,7 +332,7 @@ def _fuse_raw(args: argparse.Namespace):
             exposure=args.exposure, tone=args.tone, sharpen=args.sharpen, white_balance=gains,
         )
 
-    save_camera_image(out, dev(cam.fusion.image), info, linear=linear, dtype=args.dtype)
+    save_camera_image(out, dev(cam.fusion.image), info, linear=linear, dtype=args.dtype, overwrite=args.overwrite)
     if not args.quiet:
         alpha, beta = cam.fusion.noise
         print(
@@ -362,6 +341,24 @@ def _fuse_raw(args: argparse.Namespace):
             f"beta {beta:.3g} ({cam.noise_source}); output {'linear camera RGB' if linear else 'finished sRGB'}"
         )
     return cam.fusion, cam.burst.frames, cam.burst.cfa, dev
+
+
+def _headerless(args: argparse.Namespace) -> dict | None:
+    """The layout of headerless raw dumps (None for RAW files), checked before any work."""
+    if args.raw_size is None and args.raw_bits is None:
+        if args.cfa is not None:
+            raise ValueError("--cfa: RAW files carry their own CFA pattern (--cfa is for headerless dumps)")
+        return None
+    missing = [n for n, v in (("--raw-size", args.raw_size), ("--raw-bits", args.raw_bits), ("--cfa", args.cfa)) if v is None]
+    if missing:
+        raise ValueError(f"headerless raw input needs {', '.join(missing)}")
+    w, h = args.raw_size
+    headerless = dict(width=w, height=h, bits=args.raw_bits, cfa=args.cfa)
+    if args.black_level is not None:
+        headerless["black_level"] = args.black_level
+    if args.white_level is not None:
+        headerless["white_level"] = args.white_level
+    return headerless
 
 
 def _fuse_options(args: argparse.Namespace) -> dict:
@@ -394,7 +391,7 @@ def _fuse_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def _fuse_images(args: argparse.Namespace):
+def _fuse_images(args: argparse.Namespace, files: list[Path], options: dict):
     """Fuse PNG/TIFF/JPEG frames; returns (result, frames, cfa, develop)."""
     from .fusion import fuse
     from .image_io import read_frames, write_image
@@ -404,7 +401,7 @@ def _fuse_images(args: argparse.Namespace):
         if value is not None:
             raise ValueError(f"{flag}: only for camera RAW bursts (image files are already developed)")
     frames, infos = read_frames(
-        args.frames,
+        files,
         transfer=args.transfer,
         black_level=0.0 if args.black_level is None else args.black_level,
         white_level=args.white_level,
@@ -421,42 +418,16 @@ def _fuse_images(args: argparse.Namespace):
         reference=reference,
         noise=None if args.noise is None else tuple(args.noise),
         progress=not args.quiet,
-        **_fuse_options(args),
+        **options,
     )
     transfer = args.output_transfer or infos[0].transfer
-    write_image(args.output, result.image, transfer=transfer, dtype=args.dtype)
+    write_image(args.output, result.image, transfer=transfer, dtype=args.dtype, overwrite=args.overwrite)
     return result, frames, args.cfa, lambda image, for_viewing=False: image
-
-
-_GEO_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
-
-
-def _geo_inputs(args: argparse.Namespace) -> list[Path] | None:
-    """The passes, when every input is a georeferenced raster; else None."""
-    from .image_io import expand_inputs
-
-    try:
-        paths = expand_inputs(args.frames, suffixes=_GEO_SUFFIXES)
-    except ValueError:
-        return None
-    if not paths or any(p.suffix.lower() not in _GEO_SUFFIXES for p in paths):
-        return None
-    from .geo import is_georaster  # rasterio and dask load only for raster-like inputs
-
-    return paths if is_georaster(paths[0]) else None
 
 
 def _fuse_geo(args: argparse.Namespace, passes: list[Path]) -> int:
     from .geo import fuse_rasters
 
-    for flag, value in (("--cfa", args.cfa), ("--report", args.report), ("--save-flow", args.save_flow),
-                        ("--linear/--finish", args.linear), ("--raw-size", args.raw_size),
-                        ("--refine", args.refine or None), ("--save-refinement", args.save_refinement),
-                        ("--merge-sharpen", args.merge_sharpen), ("--psf-sigma", args.psf_sigma),
-                        ("--refine-weights", args.refine_weights),
-                        ("--white-balance", args.white_balance), ("--color-matrix", args.color_matrix)):
-        if value is not None:
-            raise ValueError(f"{flag}: not available for georeferenced passes")
     t0 = time.perf_counter()
     res = fuse_rasters(
         passes,
@@ -465,8 +436,8 @@ def _fuse_geo(args: argparse.Namespace, passes: list[Path]) -> int:
         masks=args.mask,
         # No --reference (or 'auto'): the clearest, sharpest pass.
         reference="auto" if args.reference is None else args.reference,
-        tile=args.tile,
-        scheduler=args.scheduler,
+        tile=1024 if args.tile is None else args.tile,
+        scheduler="threads" if args.scheduler is None else args.scheduler,
         overwrite=args.overwrite,
         cog=args.cog,
         save_confidence=args.save_confidence,
@@ -488,37 +459,41 @@ def _fuse_geo(args: argparse.Namespace, passes: list[Path]) -> int:
 
 
 def _cmd_fuse(args: argparse.Namespace) -> int:
-    from .image_io import write_image
+    from .image_io import expand_inputs, write_image
+    from .input_route import InputRoute, select_route
+    from .raw_io import RAW_SUFFIXES
 
     out = Path(args.output)
-    passes = _geo_inputs(args)
-    if passes is not None:
-        return _fuse_geo(args, passes)
-    for flag, value in (("--mask", args.mask), ("--save-count", args.save_count)):
-        if value is not None:
-            raise ValueError(f"{flag}: only for georeferenced passes (the inputs have no georeference)")
-    _check_extra_outputs(args)
-    t0 = time.perf_counter()
-    if _is_raw_input(args):
-        result, frames, cfa, dev = _fuse_raw(args)
+    if args.raw_size is not None or args.raw_bits is not None:
+        route = InputRoute("raw", expand_inputs(args.frames, suffixes=RAW_SUFFIXES))
     else:
-        if out.suffix.lower() == ".dng":
-            raise ValueError(f"{out}: DNG output needs a RAW burst (PNG/TIFF inputs have no camera metadata)")
-        result, frames, cfa, dev = _fuse_images(args)
+        route = select_route(args.frames)
+    _check_options(args, route.kind)
+    if route.kind == "raw":
+        _headerless(args)
+    options = {} if route.kind == "geo" else _fuse_options(args)
+    _check_output_paths(args, route)
+    if route.kind == "geo":
+        return _fuse_geo(args, route.files)
+    t0 = time.perf_counter()
+    if route.kind == "raw":
+        result, frames, cfa, dev = _fuse_raw(args, route.files, options)
+    else:
+        result, frames, cfa, dev = _fuse_images(args, route.files, options)
     elapsed = time.perf_counter() - t0
     if args.save_confidence:
         conf_path = Path(args.save_confidence)
         if conf_path.suffix.lower() in (".tif", ".tiff"):
-            write_image(conf_path, result.confidence, dtype="float32")
+            write_image(conf_path, result.confidence, dtype="float32", overwrite=args.overwrite)
         else:  # integer formats get the map scaled to its maximum
             conf = result.confidence / max(float(result.confidence.max()), 1e-12)
-            write_image(conf_path, conf, dtype="uint16")
+            write_image(conf_path, conf, dtype="uint16", overwrite=args.overwrite)
     if args.save_flow:
-        _save_flow(Path(args.save_flow), result.flow)
+        _save_flow(Path(args.save_flow), result.flow, args.overwrite)
     if args.save_refinement:
-        _save_refinement(Path(args.save_refinement), result)
+        _save_refinement(Path(args.save_refinement), result, args.overwrite)
     if args.report:
-        _save_report(Path(args.report), result, frames, cfa, dev)
+        _save_report(Path(args.report), result, frames, cfa, dev, args.overwrite)
     if not args.quiet:
         h, w = frames.shape[1:3]
         ho, wo = result.image.shape[:2]
@@ -529,56 +504,108 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Accepted suffixes of the extra outputs, checked before the (long) fusion runs.
-_EXTRA_SUFFIXES = {
-    "save_flow": ("--save-flow", (".png", ".npy")),
-    "save_refinement": ("--save-refinement", (".png", ".tif", ".tiff", ".npy")),
-    "report": ("--report", (".png",)),
+#: Options of one route only: (flag, attribute, the routes it serves).
+_ROUTE_OPTIONS = (
+    ("--mask", "mask", ("geo",)),
+    ("--save-count", "save_count", ("geo",)),
+    ("--tile", "tile", ("geo",)),
+    ("--scheduler", "scheduler", ("geo",)),
+    ("--cog", "cog", ("geo",)),
+    ("--cfa", "cfa", ("raw", "image")),
+    ("--report", "report", ("raw", "image")),
+    ("--save-flow", "save_flow", ("raw", "image")),
+    ("--linear/--finish", "linear", ("raw",)),
+    ("--raw-size", "raw_size", ("raw",)),
+    ("--raw-bits", "raw_bits", ("raw",)),
+    ("--white-balance", "white_balance", ("raw",)),
+    ("--color-matrix", "color_matrix", ("raw",)),
+    ("--refine/--no-refine", "refine", ("raw", "image")),
+    ("--save-refinement", "save_refinement", ("raw", "image")),
+    ("--merge-sharpen", "merge_sharpen", ("raw", "image")),
+    ("--psf-sigma", "psf_sigma", ("raw", "image")),
+    ("--refine-weights", "refine_weights", ("raw", "image")),
+)
+
+_ROUTE_NAMES = {
+    "geo": "georeferenced passes",
+    "raw": "camera RAW bursts",
+    "image": "image files (PNG/TIFF/JPEG without georeference)",
 }
 
 
-def _check_extra_outputs(args: argparse.Namespace) -> None:
-    for attr, (flag, suffixes) in _EXTRA_SUFFIXES.items():
+def _check_options(args: argparse.Namespace, kind: str) -> None:
+    """Refuse options the chosen route would ignore."""
+    for flag, attr, kinds in _ROUTE_OPTIONS:
         value = getattr(args, attr)
-        if value is not None and Path(value).suffix.lower() not in suffixes:
-            raise ValueError(f"{flag}: expected a {', '.join(suffixes)} path, got {value}")
+        if kind not in kinds and value is not None and value is not False:
+            serves = " and ".join(_ROUTE_NAMES[k] for k in kinds)
+            raise ValueError(f"{flag}: only for {serves}; these inputs are {_ROUTE_NAMES[kind]}")
+    if kind == "image" and Path(args.output).suffix.lower() == ".dng":
+        raise ValueError(f"-o: {args.output}: DNG output needs a RAW burst (PNG/TIFF inputs have no camera metadata)")
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
+#: Accepted suffixes of every output option, per route.
+_OUTPUT_SUFFIXES = {
+    "output": ("-o", {"raw": (".png", ".tif", ".tiff", ".dng"), "image": (".png", ".tif", ".tiff"),
+                      "geo": (".tif", ".tiff")}),
+    "save_confidence": ("--save-confidence", {"raw": (".png", ".tif", ".tiff"), "image": (".png", ".tif", ".tiff"),
+                                              "geo": (".tif", ".tiff")}),
+    "save_count": ("--save-count", {"geo": (".tif", ".tiff")}),
+    "save_flow": ("--save-flow", {"raw": (".png", ".npy"), "image": (".png", ".npy")}),
+    "save_refinement": ("--save-refinement", {"raw": (".png", ".tif", ".tiff", ".npy"),
+                                              "image": (".png", ".tif", ".tiff", ".npy")}),
+    "report": ("--report", {"raw": (".png",), "image": (".png",)}),
+}
+
+
+def _check_output_paths(args: argparse.Namespace, route) -> None:
+    """Every output checked before any work: suffix, folder, not an input, distinct, not existing."""
+    from .output_paths import OutputRequest, check_outputs
+
+    requests = []
+    for attr, (flag, suffixes) in _OUTPUT_SUFFIXES.items():
+        value = getattr(args, attr)
+        if value is not None:
+            requests.append(OutputRequest(flag, Path(value), suffixes[route.kind]))
+    inputs = list(route.files) + [Path(m) for m in (args.mask or [])]
+    check_outputs(requests, inputs, overwrite=args.overwrite)
+
+
+def _save_npy(path: Path, array: np.ndarray, overwrite: bool) -> None:
     from .atomic_file import atomic_output
 
-    with atomic_output(path) as tmp:
+    with atomic_output(path, overwrite=overwrite) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, array)
 
 
-def _save_flow(path: Path, flow: np.ndarray) -> None:
-    """``path`` suffix checked by :func:`_check_extra_outputs`."""
+def _save_flow(path: Path, flow: np.ndarray, overwrite: bool) -> None:
+    """``path`` suffix checked by :func:`_check_output_paths`."""
     from .image_io import write_image
     from .report import flow_overview
 
     if path.suffix.lower() == ".npy":
-        _save_npy(path, flow)
+        _save_npy(path, flow, overwrite)
     else:
-        write_image(path, flow_overview(flow) / 255.0, dtype="uint8")
+        write_image(path, flow_overview(flow) / 255.0, dtype="uint8", overwrite=overwrite)
 
 
-def _save_refinement(path: Path, result) -> None:
-    """What the network changed (``result.refinement``); suffix checked by :func:`_check_extra_outputs`."""
+def _save_refinement(path: Path, result, overwrite: bool) -> None:
+    """What the network changed (``result.refinement``); suffix checked by :func:`_check_output_paths`."""
     from .image_io import write_image
     from .report import difference_map
 
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        _save_npy(path, result.refinement)
+        _save_npy(path, result.refinement, overwrite)
     elif suffix == ".png":
         picture, _ = difference_map(result.image, result.image - result.refinement)
-        write_image(path, picture / 255.0, dtype="uint8")
+        write_image(path, picture / 255.0, dtype="uint8", overwrite=overwrite)
     else:
-        write_image(path, result.refinement, dtype="float32")
+        write_image(path, result.refinement, dtype="float32", overwrite=overwrite)
 
 
-def _save_report(path: Path, result, frames: np.ndarray, cfa: str | None, dev) -> None:
+def _save_report(path: Path, result, frames: np.ndarray, cfa: str | None, dev, overwrite: bool) -> None:
     from .baselines import single_frame_upscale
     from .image_io import write_image
     from .report import comparison_picture, detail_crop, difference_map
@@ -596,7 +623,7 @@ def _save_report(path: Path, result, frames: np.ndarray, cfa: str | None, dev) -
         zoom=1,
         max_width=1800,
     )
-    write_image(path, picture / 255.0, dtype="uint8")
+    write_image(path, picture / 255.0, dtype="uint8", overwrite=overwrite)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -645,8 +672,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             write_image(out / f"frame-{k:03d}.tif", frame, dtype="float32")
     write_image(out / "truth.tif", burst.ground_truth, dtype="float32")
     np.save(out / "flow.npy", burst.flow)
+    suffix = "dng" if args.format == "dng" else "tif"
     meta = {
         "frames": len(burst.frames),
+        "frame_files": [f"frame-{k:03d}.{suffix}" for k in range(len(burst.frames))],
         "scale": burst.scale,
         "cfa": burst.cfa,
         "reference": burst.reference,
@@ -685,18 +714,49 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     commands = {"fuse": _cmd_fuse, "simulate": _cmd_simulate, "demo": _cmd_demo}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _terminate_cleanly():
         # Show each warning as one plain line, like the errors.
         warnings.simplefilter("default")
         warnings.showwarning = lambda msg, *a, **k: print(f"mfsr: warning: {msg}", file=sys.stderr)
         try:
             return commands[args.command](args)
-        except (ValueError, TypeError, OSError) as exc:
+        except (ValueError, OSError) as exc:
+            # Bad input, unreadable files and outputs that cannot be written;
+            # anything else (TypeError, ...) is a bug and keeps its traceback.
             print(f"mfsr: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except MemoryError:
+            print("mfsr: error: out of memory; try a smaller --scale or fewer/smaller frames", file=sys.stderr)
             return EXIT_BAD_INPUT
         except KeyboardInterrupt:
             print("mfsr: interrupted", file=sys.stderr)
             return 130
+        except _Terminated:
+            print("mfsr: terminated", file=sys.stderr)
+            return 143
+
+
+class _Terminated(BaseException):
+    """Raised by the SIGTERM handler so that every ``finally`` and temporary-file cleanup runs."""
+
+
+@contextlib.contextmanager
+def _terminate_cleanly():
+    # SIGTERM's default action kills the process at once and leaves the
+    # temporary files of an atomic write behind; turned into an exception
+    # it unwinds like Ctrl-C. Only the main thread may set handlers.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ def write_dng(
     iso: float | None = None,
     exposure_time: float | None = None,
     camera_model: str = "mfsr",
+    overwrite: bool = True,
 ) -> Path:
     """Write a Bayer mosaic or a linear RGB image as a DNG file, atomically.
 
@@ -113,6 +114,9 @@ def write_dng(
         ISO speed and exposure time in seconds, when known.
     camera_model : str
         ``UniqueCameraModel`` (and ``Model``) string.
+    overwrite : bool
+        Replace an existing file (default); if False it is created
+        exclusively (``FileExistsError`` if it exists).
 
     Returns
     -------
@@ -183,7 +187,7 @@ def write_dng(
         tags.append((34855, "H", 1, int(round(iso)), True))
     if exposure_time is not None:
         tags.append((33434, "2I", 1, _rationals([exposure_time]), True))
-    with atomic_output(path) as tmp:
+    with atomic_output(path, overwrite=overwrite) as tmp:
         tifffile.imwrite(
             tmp,
             data,

@@ -228,7 +228,10 @@ def expand_inputs(
     paths : path-like or sequence of path-like
         Files and folders. A folder contributes its files whose lower-cased
         suffix is in ``suffixes``, sorted by name; explicit files keep the
-        order given (and are checked when read).
+        order given (and are checked when read). A folder written by
+        ``mfsr simulate`` holds a ``burst.json`` whose ``"frame_files"`` list
+        names its frames; those are taken (in that order), so the ground
+        truth beside them is not mistaken for a frame.
     suffixes : sequence of str
         Lower-case suffixes, with the dot, taken from folders.
     argname : str
@@ -245,13 +248,34 @@ def expand_inputs(
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in suffixes)
+            found = _listed_frames(p, suffixes)
+            if found is None:
+                found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in suffixes)
             if not found:
                 raise ValueError(f"{p}: folder holds no {'/'.join(suffixes)} files")
             files.extend(found)
         else:
             files.append(p)
     return files
+
+
+def _listed_frames(folder: Path, suffixes: Sequence[str]) -> list[Path] | None:
+    """The frames a folder's ``burst.json`` names, or None without such a list."""
+    import json
+
+    manifest = folder / "burst.json"
+    if not manifest.is_file():
+        return None
+    try:
+        names = json.loads(manifest.read_text()).get("frame_files")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{manifest}: unreadable burst manifest ({exc})") from exc
+    if names is None:
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) and n and Path(n).name == n for n in names):
+        raise ValueError(f"{manifest}: \"frame_files\" must be a list of file names in {folder}")
+    files = [folder / n for n in names if Path(n).suffix.lower() in suffixes]
+    return files or None
 
 
 def quantize(image: np.ndarray, bits: int, path: Path, clip: bool = False) -> np.ndarray:
@@ -282,6 +306,7 @@ def write_image(
     dtype: str | None = None,
     clip: bool = False,
     orientation: int = 1,
+    overwrite: bool = True,
 ) -> Path:
     """Write a linear float image atomically as PNG or TIFF.
 
@@ -304,6 +329,10 @@ def write_image(
         EXIF/TIFF orientation code (1 to 8) stored in a TIFF's Orientation
         tag, so viewers turn a sensor-oriented image upright; PNG has no such
         tag (rotate the pixels first with :func:`mfsr.finishing.apply_orientation`).
+    overwrite : bool
+        Replace an existing file (default). If False the file is created
+        exclusively: ``FileExistsError`` if it exists when the image is
+        complete, and nothing is replaced.
 
     Returns
     -------
@@ -338,7 +367,7 @@ def write_image(
     else:
         data = quantize(values, 8 if dtype == "uint8" else 16, path, clip)
 
-    with atomic_output(path) as tmp:
+    with atomic_output(path, overwrite=overwrite) as tmp:
         if suffix == ".png":
             _write_png(tmp, data)
         else:

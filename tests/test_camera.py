@@ -138,7 +138,7 @@ def test_cli_raw_outputs_report_flow_and_headerless(dng_dir, burst, tmp_path, ca
     for name in ("f.png", "c.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert main(["fuse", str(dng_dir), "-o", str(out), "--save-flow", str(tmp_path / "f.npy"),
-                 "--reference", "0", "-q"]) == 0
+                 "--reference", "0", "-q", "--overwrite"]) == 0
     flow = np.load(tmp_path / "f.npy")
     assert flow.shape == (6, 64, 64, 2) and np.all(flow[0] == 0)
 

@@ -1,6 +1,7 @@
 """The ``mfsr`` command line, run in-process through ``mfsr.cli.main``."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -32,12 +33,21 @@ def test_simulate_writes_frames_truth_flow(burst_dir):
 def test_fuse_cli_folder_input(burst_dir, tmp_path, capsys):
     out = tmp_path / "fused.tif"
     conf = tmp_path / "conf.tif"
-    rc = main(["fuse", str(burst_dir), "-o", str(out), "--scale", "2", "--cfa", "rggb",
+    # A plain folder that also holds truth.tif of another shape: a clear error, nothing written.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for p in [*burst_dir.glob("frame-*.tif"), burst_dir / "truth.tif"]:
+        shutil.copy(p, plain / p.name)
+    rc = main(["fuse", str(plain), "-o", str(out), "--scale", "2", "--cfa", "rggb",
                "--save-confidence", str(conf), "--quiet"])
-    # the folder also holds truth.tif of another shape: a clear error, nothing written
     assert rc == 2
     assert "truth.tif" in capsys.readouterr().err
-    assert not out.exists()
+    assert not out.exists() and not conf.exists()
+
+    # The simulator's own folder names its frames in burst.json: the truth is not taken.
+    rc = main(["fuse", str(burst_dir), "-o", str(out), "--scale", "2", "--cfa", "rggb", "--quiet"])
+    assert rc == 0
+    out.unlink()
 
     files = sorted(str(p) for p in burst_dir.glob("frame-*.tif"))
     rc = main(["fuse", *files, "-o", str(out), "--scale", "2", "--cfa", "RGGB",
@@ -58,7 +68,7 @@ def test_fuse_cli_folder_input(burst_dir, tmp_path, capsys):
         (["fuse", "{frame}", "-o", "{tmp}/x.png", "--cfa", "RGBX"], "unknown CFA pattern"),
         (["fuse", "{frame}", "-o", "{tmp}/x.png", "--scale", "0"], "expected a number > 0"),
         (["fuse", "{frame}", "-o", "{tmp}/x.png", "--reference", "3"], "reference: index 3"),
-        (["fuse", "{frame}", "-o", "{tmp}/x.jpg"], "output: unsupported file type"),
+        (["fuse", "{frame}", "-o", "{tmp}/x.jpg"], "-o: expected a .png, .tif, .tiff path"),
     ],
 )
 def test_fuse_cli_errors_are_one_line(argv, message, tmp_path, capsys):

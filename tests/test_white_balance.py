@@ -125,7 +125,7 @@ def test_cli_grey_world_note_and_white_balance_option(dumps, tmp_path, capsys):
     means = img[use].mean(axis=0)
     assert np.ptp(means) / means.mean() < 0.1  # the cast (0.6 : 1 : 0.8) is gone
 
-    assert main(["fuse", str(dumps), "-o", str(out), *HEADERLESS, "--dtype", "float32",
+    assert main(["fuse", str(dumps), "-o", str(out), *HEADERLESS, "--dtype", "float32", "--overwrite",
                  "--white-balance", "1", "1", "1", "--color-matrix", *"1 0 0 0 1 0 0 0 1".split()]) == 0
     assert "note" not in capsys.readouterr().err  # given gains: nothing guessed
     cast, _ = read_image(out, transfer="srgb")
