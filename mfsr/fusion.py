@@ -41,6 +41,7 @@ from .kernels.structure_tensor import (
     kernel_inverse_covariance,
     structure_tensor,
 )
+from .memory_estimate import check_fusion_memory
 from .noise import estimate_noise
 from .registration import (
     RegistrationParams,
@@ -49,7 +50,7 @@ from .registration import (
     flow_irregularity,
     prepare_reference,
 )
-from .validation import all_finite, as_burst, check_psf_sigma, check_scale
+from .validation import all_finite, as_burst, check_noise_model, check_psf_sigma, check_scale
 
 _NO_CELL = np.zeros((2, 2), np.int64)
 
@@ -106,7 +107,7 @@ class FusionParams:
         ``irregularity_threshold``.
     robustness_mean_taps : tuple of float
         Separable weights of the local means compared by the robustness (on
-        the guide grid). ``(1/4, 1/2, 1/4)`` cancels the Nyquist frequency,
+        the guide grid; an odd number of them, summing to 1). ``(1/4, 1/2, 1/4)`` cancels the Nyquist frequency,
         where the frame-to-frame aliasing lives: it halved false rejections
         in fine texture compared with the paper's 3x3 box (guards against
         the aliasing-induced rejections of the paper's supplement S.3).
@@ -120,7 +121,8 @@ class FusionParams:
         Cell size, input px, of the spread measured on a given ``flow`` (the
         registration's own tile grid is used when ``fuse`` registers).
     min_filter : int
-        Side of the local-minimum window applied to the robustness, guide px.
+        Side of the local-minimum window applied to the robustness, guide px
+        (odd).
     fallback_radius : float
         Radius of the reference-frame interpolation used where the
         accumulated weight of a channel is below ``min_weight``, input px.
@@ -183,17 +185,48 @@ class FusionParams:
     sharpen_full_scale: float = 2.0
 
     def __post_init__(self) -> None:
-        for name in ("sharpen_amount", "sharpen_noise_gate", "sharpen_overshoot"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not v >= 0:
-                raise ValueError(f"{name}: expected a number >= 0, got {v!r}")
-        for name in ("sharpen_amount", "sharpen_noise_gate"):
-            if not np.isfinite(getattr(self, name)):
-                raise ValueError(f"{name}: expected a finite number, got {getattr(self, name)!r}")
-        for name in ("sharpen_sigma", "sharpen_full_scale"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not 0 < v < np.inf:
-                raise ValueError(f"{name}: expected a finite number > 0, got {v!r}")
+        # NaN fails every comparison, so each test below rejects it too
+        for names, ok, expected in (
+            (
+                ("k_detail", "k_denoise", "k_stretch", "k_shrink", "d_tr", "radius_min", "radius_max",
+                 "robustness_s", "robustness_s_irregular", "robustness_sigma_gain",
+                 "fallback_radius", "min_weight", "sharpen_sigma", "sharpen_full_scale"),
+                lambda v: 0 < v < np.inf,
+                "a finite number > 0",
+            ),
+            (
+                ("tensor_sigma", "robustness_t", "sharpen_amount", "sharpen_noise_gate"),
+                lambda v: 0 <= v < np.inf,
+                "a finite number >= 0",
+            ),
+            (("d_th",), lambda v: -np.inf < v < np.inf, "a finite number"),
+            (("irregularity_threshold",), lambda v: v > 0, "a number > 0 (inf: no flow counts as irregular)"),
+            (("sharpen_overshoot",), lambda v: v >= 0, "a number >= 0 (inf: no limit)"),
+        ):
+            for name in names:
+                v = getattr(self, name)
+                if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not ok(v):
+                    raise ValueError(f"{name}: expected {expected}, got {v!r}")
+        if self.radius_max < self.radius_min:
+            raise ValueError(f"radius_max: expected a number >= radius_min ({self.radius_min!r}), got {self.radius_max!r}")
+        v = self.irregularity_cell
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"irregularity_cell: expected an integer >= 1, got {v!r}")
+        v = self.min_filter
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 or v % 2 == 0:
+            raise ValueError(f"min_filter: expected an odd integer >= 1, got {v!r}")
+        taps = self.robustness_mean_taps
+        try:
+            t = np.asarray(taps, dtype=np.float64)
+        except (TypeError, ValueError):
+            t = np.zeros(0)
+        if t.ndim != 1 or t.size % 2 == 0 or not np.isfinite(t).all() or abs(t.sum() - 1.0) > 1e-3:
+            raise ValueError(
+                f"robustness_mean_taps: expected an odd number of finite weights summing to 1, "
+                f"e.g. (0.25, 0.5, 0.25), got {taps!r}"
+            )
+        # a tuple whatever sequence was given, so the frozen params stay hashable
+        object.__setattr__(self, "robustness_mean_taps", tuple(float(x) for x in t))
 
 
 def sharpen_gain(params: FusionParams, scale: float, cfa: str | None) -> float:
@@ -536,10 +569,13 @@ def fuse(
     p = params
     n, h, w = burst.shape[:3]
     ho, wo = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    check_fusion_memory(n, h, w, 1 if burst.ndim == 3 else burst.shape[3], ho, wo,
+                        3 if cfa is not None or burst.ndim == 4 else 1, scale=scale)
     if noise is None:
         alpha, beta = estimate_noise(burst[reference], cfa)
     else:
         alpha, beta = _check_noise(noise)
+        check_noise_model(alpha, beta, burst[reference])
     spreads: list = [None] * n
     transforms = None
     lens = None

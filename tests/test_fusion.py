@@ -284,3 +284,49 @@ def test_refinement_is_the_default_within_its_trained_scales():
     with pytest.warns(UserWarning, match="refine: the refinement network is trained for scales 1 to 4"):
         res = fuse(burst.frames, scale=0.5, cfa="RGGB", flow=burst.flow)
     assert res.refinement is None and res.image.shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"k_detail": 0.0}, "k_detail"),
+        ({"k_denoise": -1.0}, "k_denoise"),
+        ({"k_stretch": float("inf")}, "k_stretch"),
+        ({"k_shrink": "1"}, "k_shrink"),
+        ({"d_th": float("nan")}, "d_th"),
+        ({"d_tr": 0}, "d_tr"),
+        ({"radius_min": -0.1}, "radius_min"),
+        ({"radius_max": 0.05}, "radius_max"),
+        ({"tensor_sigma": -1.0}, "tensor_sigma"),
+        ({"robustness_t": float("nan")}, "robustness_t"),
+        ({"robustness_s": 0.0}, "robustness_s"),
+        ({"robustness_s_irregular": True}, "robustness_s_irregular"),
+        ({"robustness_mean_taps": (0.5, 0.5)}, "robustness_mean_taps"),
+        ({"robustness_mean_taps": (1.0, 1.0, 1.0)}, "robustness_mean_taps"),
+        ({"robustness_mean_taps": "box"}, "robustness_mean_taps"),
+        ({"robustness_sigma_gain": 0.0}, "robustness_sigma_gain"),
+        ({"irregularity_threshold": 0.0}, "irregularity_threshold"),
+        ({"irregularity_cell": 0}, "irregularity_cell"),
+        ({"irregularity_cell": 8.0}, "irregularity_cell"),
+        ({"min_filter": 4}, "min_filter"),
+        ({"fallback_radius": 0.0}, "fallback_radius"),
+        ({"min_weight": 0.0}, "min_weight"),
+        ({"sharpen_amount": -0.1}, "sharpen_amount"),
+        ({"sharpen_sigma": float("inf")}, "sharpen_sigma"),
+        ({"sharpen_noise_gate": float("inf")}, "sharpen_noise_gate"),
+        ({"sharpen_overshoot": float("nan")}, "sharpen_overshoot"),
+        ({"sharpen_full_scale": 0.0}, "sharpen_full_scale"),
+    ],
+)
+def test_params_validation(kwargs, name):
+    with pytest.raises(ValueError, match=f"^{name}: expected"):
+        FusionParams(**kwargs)
+
+
+def test_params_accept_the_documented_limits():
+    assert FusionParams() == FusionParams(**{f: getattr(FusionParams(), f) for f in FusionParams.__dataclass_fields__})
+    p = FusionParams(robustness_mean_taps=[1 / 3, 1 / 3, 1 / 3], irregularity_threshold=float("inf"),
+                     sharpen_overshoot=float("inf"), sharpen_amount=0, tensor_sigma=0.0, min_filter=1,
+                     radius_max=FusionParams().radius_min)
+    assert isinstance(p.robustness_mean_taps, tuple)
+    hash(p)

@@ -333,3 +333,37 @@ def test_estimate_transform_ignores_masked_clouds():
     mask[12:78, 22:98] = False
     est = estimate_transform(scene, moving, "translation", mask=mask)
     np.testing.assert_allclose(est[:2, 2], [1.4, 0.6], atol=0.03)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"ransac_iterations": 0}, "ransac_iterations"),
+        ({"ransac_iterations": 300.0}, "ransac_iterations"),
+        ({"ransac_threshold": 0.0}, "ransac_threshold"),
+        ({"irls_iterations": -1}, "irls_iterations"),
+        ({"tukey_c": float("nan")}, "tukey_c"),
+        ({"min_sigma": 0.0}, "min_sigma"),
+        ({"photometric": 1}, "photometric"),
+        ({"photometric_iterations": True}, "photometric_iterations"),
+        ({"photometric_levels": 0}, "photometric_levels"),
+        ({"max_size": 0}, "max_size"),
+        ({"prefilter_sigma": -1.0}, "prefilter_sigma"),
+        ({"residual_shrinkage": float("inf")}, "residual_shrinkage"),
+        ({"photometric_full_resolution": "yes"}, "photometric_full_resolution"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_geometry_params_validation(kwargs, name):
+    from mfsr.geometry import GeometryParams
+
+    with pytest.raises(ValueError, match=f"^{name}: expected"):
+        GeometryParams(**kwargs)
+
+
+def test_geometry_params_accept_the_limits():
+    from mfsr.geometry import GeometryParams
+
+    GeometryParams()
+    GeometryParams(irls_iterations=0, photometric=False, photometric_iterations=0, prefilter_sigma=0.0,
+                   residual_shrinkage=0.0, photometric_levels=1, seed=np.int64(3))

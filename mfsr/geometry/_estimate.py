@@ -115,6 +115,29 @@ class GeometryParams:
     photometric_full_resolution: bool = True
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for names, low in (
+            (("ransac_iterations", "photometric_levels", "max_size"), 1),
+            (("irls_iterations", "photometric_iterations", "seed"), 0),
+        ):
+            for name in names:
+                v = getattr(self, name)
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+                    raise ValueError(f"{name}: expected an integer >= {low}, got {v!r}")
+        # NaN fails every comparison, so each test below rejects it too
+        for names, ok, expected in (
+            (("ransac_threshold", "tukey_c", "min_sigma"), lambda v: 0 < v < np.inf, "a finite number > 0"),
+            (("prefilter_sigma", "residual_shrinkage"), lambda v: 0 <= v < np.inf, "a finite number >= 0"),
+        ):
+            for name in names:
+                v = getattr(self, name)
+                if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not ok(v):
+                    raise ValueError(f"{name}: expected {expected}, got {v!r}")
+        for name in ("photometric", "photometric_full_resolution"):
+            v = getattr(self, name)
+            if not isinstance(v, (bool, np.bool_)):
+                raise ValueError(f"{name}: expected True or False, got {v!r}")
+
 
 @dataclass
 class FitResult:
