@@ -391,6 +391,34 @@ def _fuse_options(args: argparse.Namespace) -> dict:
     return options
 
 
+def _check_memory_from_headers(files: list[Path], scale: float, cfa: str | None) -> None:
+    """Refuse a fusion that cannot fit in memory before any frame is decoded."""
+    from .image_io import header_shape
+    from .memory_estimate import check_fusion_memory
+
+    h, w, c = header_shape(files[0])
+    c = 1 if c in (1, 2) else 3  # an opaque alpha channel is dropped
+    ho, wo = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    check_fusion_memory(len(files), h, w, c, ho, wo, 3 if cfa is not None or c == 3 else 1, scale=scale)
+
+
+def _fill_invalid_samples(frames: np.ndarray, infos, cfa: str | None) -> np.ndarray:
+    """Replace samples that cannot be data (NaN, inf, fill values), with a warning that counts them."""
+    from .invalid_samples import SANE_LIMIT, fill_invalid, invalid_mask
+
+    invalid = invalid_mask(frames)
+    counts = invalid.reshape(len(frames), -1).sum(axis=1)
+    if not counts.any():
+        return frames
+    where = ", ".join(f"{infos[k].path.name}: {c}" for k, c in enumerate(counts) if c)
+    warnings.warn(
+        f"{int(counts.sum())} sample(s) are NaN, infinite or beyond +-{SANE_LIMIT:g} (fill values?) "
+        f"and were replaced from the other frames or their neighbours ({where})",
+        stacklevel=2,
+    )
+    return fill_invalid(frames, invalid, cfa)
+
+
 def _fuse_images(args: argparse.Namespace, files: list[Path], options: dict):
     """Fuse PNG/TIFF/JPEG frames; returns (result, frames, cfa, develop)."""
     from .fusion import fuse
@@ -400,12 +428,15 @@ def _fuse_images(args: argparse.Namespace, files: list[Path], options: dict):
     for flag, value in (("--white-balance", args.white_balance), ("--color-matrix", args.color_matrix)):
         if value is not None:
             raise ValueError(f"{flag}: only for camera RAW bursts (image files are already developed)")
+    _check_memory_from_headers(files, args.scale, args.cfa)
     frames, infos = read_frames(
         files,
         transfer=args.transfer,
         black_level=0.0 if args.black_level is None else args.black_level,
         white_level=args.white_level,
+        keep_invalid=True,
     )
+    frames = _fill_invalid_samples(frames, infos, args.cfa)
     if args.cfa is None and frames.ndim == 3 and not args.quiet:
         print("mfsr: single-channel frames without --cfa are fused as grey images", file=sys.stderr)
     reference = 0 if args.reference is None else args.reference
@@ -725,8 +756,9 @@ def main(argv: list[str] | None = None) -> int:
             # anything else (TypeError, ...) is a bug and keeps its traceback.
             print(f"mfsr: error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        except MemoryError:
-            print("mfsr: error: out of memory; try a smaller --scale or fewer/smaller frames", file=sys.stderr)
+        except MemoryError as exc:
+            print(f"mfsr: error: {exc or 'out of memory; try a smaller --scale or fewer/smaller frames'}",
+                  file=sys.stderr)
             return EXIT_BAD_INPUT
         except KeyboardInterrupt:
             print("mfsr: interrupted", file=sys.stderr)

@@ -22,6 +22,11 @@ from .transfer import linear_to_srgb, srgb_to_linear
 from .validation import check_orientation
 
 READ_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+#: Largest frame :func:`read_image` decodes, in pixels (``max_pixels=`` or
+#: ``MFSR_MAX_PIXELS`` overrides it). A small file can declare a huge image
+#: (a compressed "decompression bomb"); the size is read from the header and
+#: refused before anything is decoded.
+MAX_PIXELS = 1 << 28
 WRITE_SUFFIXES = (".png", ".tif", ".tiff")
 TRANSFERS = ("auto", "srgb", "linear")
 
@@ -68,6 +73,66 @@ def _read_png16(path: Path) -> np.ndarray:
     return data[..., 0] if planes == 1 else data
 
 
+def header_shape(path: str | os.PathLike) -> tuple[int, int, int]:
+    """Image size declared by a file's header, without decoding its samples.
+
+    Parameters
+    ----------
+    path : path-like
+        A ``.png``, ``.tif``/``.tiff`` or ``.jpg``/``.jpeg`` file.
+
+    Returns
+    -------
+    (height, width, samples_per_pixel) : tuple of int
+
+    Raises
+    ------
+    ValueError
+        If the header cannot be read; the message names the file.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                return int(page.imagelength), int(page.imagewidth), int(page.samplesperpixel)
+        if suffix == ".png":
+            with open(path, "rb") as f:
+                head = f.read(26)
+            if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n":
+                raise ValueError("not a PNG file (bad signature)")
+            width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+            planes = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(head[25], 1)
+            return height, width, planes
+        from PIL import Image
+
+        with Image.open(path) as im:
+            width, height = im.size
+            return height, width, len(im.getbands())
+    except Exception as exc:  # any reader's error is about this file
+        raise ValueError(f"{path}: cannot read image header ({_describe(exc)})") from exc
+
+
+def _max_pixels(max_pixels: int | None) -> int:
+    if max_pixels is not None:
+        return int(max_pixels)
+    text = os.environ.get("MFSR_MAX_PIXELS")
+    if text is None:
+        return MAX_PIXELS
+    try:
+        return int(float(text))
+    except ValueError:
+        raise ValueError(f"MFSR_MAX_PIXELS: expected a number of pixels, got {text!r}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 def _read_raw_samples(path: Path) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
@@ -107,6 +172,8 @@ def read_image(
     transfer: str = "auto",
     black_level: float = 0.0,
     white_level: float | None = None,
+    max_pixels: int | None = None,
+    keep_invalid: bool = False,
 ) -> tuple[np.ndarray, ImageInfo]:
     """Read one PNG, TIFF or JPEG file as linear float32 values.
 
@@ -122,12 +189,24 @@ def read_image(
         Integer samples map to ``(v - black_level) / (white_level - black_level)``;
         ``white_level`` defaults to the largest value of the file's dtype.
         Float files are taken as they are.
+    max_pixels : int, optional
+        Refuse files whose header declares more pixels (default
+        :data:`MAX_PIXELS`, or ``MFSR_MAX_PIXELS``).
+    keep_invalid : bool
+        Return NaN and infinite float samples as they are (for
+        :func:`mfsr.invalid_samples.fill_invalid`) instead of raising.
 
     Returns
     -------
     image : ndarray of float32, shape (H, W) or (H, W, 3)
         Linear values, nominally [0, 1]; nothing is clipped.
     info : ImageInfo
+
+    Raises
+    ------
+    ValueError
+        Naming the file: unreadable, truncated or corrupt data, too many
+        pixels, an unsupported layout, or non-finite float samples.
     """
     path = Path(path)
     if transfer not in TRANSFERS:
@@ -141,10 +220,19 @@ def read_image(
             f"{path}: unsupported file type {path.suffix!r}; expected one of "
             f"{', '.join(READ_SUFFIXES)}"
         )
+    h, w, _ = header_shape(path)
+    limit = _max_pixels(max_pixels)
+    if h * w > limit:
+        raise ValueError(
+            f"{path}: the header declares {w}x{h} = {h * w:,} pixels, more than the limit of {limit:,} "
+            "(MFSR_MAX_PIXELS raises it)"
+        )
     try:
         data = _read_raw_samples(path)
-    except (OSError, ValueError, SyntaxError, EOFError, KeyError) as exc:
-        raise ValueError(f"{path}: cannot read image ({exc})") from exc
+    except MemoryError:
+        raise ValueError(f"{path}: not enough memory to decode a {w}x{h} image") from None
+    except Exception as exc:  # truncated or corrupt data: every decoder has its own exception types
+        raise ValueError(f"{path}: cannot read image ({_describe(exc)})") from exc
 
     data = _drop_opaque_alpha(np.asarray(data), path)
     if data.ndim == 3 and data.shape[2] == 1:
@@ -166,7 +254,7 @@ def read_image(
         )
     elif np.issubdtype(stored, np.floating):
         image = data.astype(np.float32)
-        if not np.isfinite(image).all():
+        if not keep_invalid and not np.isfinite(image).all():
             raise ValueError(f"{path}: image contains NaN or infinite values")
     else:
         raise ValueError(f"{path}: unsupported sample type {stored}")
@@ -184,6 +272,7 @@ def read_frames(
     transfer: str = "auto",
     black_level: float = 0.0,
     white_level: float | None = None,
+    keep_invalid: bool = False,
 ) -> tuple[np.ndarray, list[ImageInfo]]:
     """Read a burst of image files of one shape and type.
 
@@ -192,6 +281,8 @@ def read_frames(
     paths : sequence of path-like
         Image files in burst order, or a single folder whose supported image
         files are taken in lexicographic order of their names.
+    transfer, black_level, white_level, keep_invalid
+        As for :func:`read_image`.
 
     Returns
     -------
@@ -203,7 +294,7 @@ def read_frames(
     infos: list[ImageInfo] = []
     for p in files:
         image, info = read_image(
-            p, transfer=transfer, black_level=black_level, white_level=white_level
+            p, transfer=transfer, black_level=black_level, white_level=white_level, keep_invalid=keep_invalid
         )
         if frames and (image.shape != frames[0].shape or info.dtype != infos[0].dtype):
             raise ValueError(

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .cfa import check_pattern
+from .invalid_samples import SANE_LIMIT
 
 
 def as_burst(
@@ -92,7 +93,15 @@ def as_burst(
     if not all_finite(burst):
         bad = [k for k in range(n) if not all_finite(burst[k])]
         raise ValueError(
-            f"frames: NaN or infinite values in frame(s) {bad}; mask or fill them first"
+            f"frames: NaN or infinite values in frame(s) {bad}; mask or fill them first "
+            "(mfsr.invalid_samples.fill_invalid)"
+        )
+    if max(-float(burst.min()), float(burst.max())) > SANE_LIMIT:
+        bad = [k for k in range(n) if np.abs(burst[k]).max() > SANE_LIMIT]
+        raise ValueError(
+            f"frames: values beyond +-{SANE_LIMIT:g} in frame(s) {bad}, which no normalised sample "
+            "(0 black, 1 white) can have: an undeclared fill value? mask or fill them first "
+            "(mfsr.invalid_samples.fill_invalid)"
         )
 
     if cfa is not None:
@@ -215,3 +224,37 @@ def check_color_matrix(color_matrix, name: str = "color_matrix") -> np.ndarray:
     if not np.all(np.isfinite(cm)):
         raise ValueError(f"{name}: expected finite numbers, got {cm.ravel().tolist()}")
     return cm.reshape(3, 3)
+
+
+def check_noise_model(alpha: float, beta: float, reference: np.ndarray, name: str = "noise") -> None:
+    """Raise if a noise model cannot describe normalised samples like ``reference``.
+
+    A model given in digital numbers instead of normalised units (0 black,
+    1 white) implies a noise larger than the image itself; the fusion would
+    then trust no frame and the refinement would amplify noise it believes
+    is there. Pure noise spans about 6 sigma between its 0.1 and 99.9
+    percentiles, so a sigma above half of the data's range (at least the
+    nominal range 1) cannot be the noise of these samples.
+
+    Parameters
+    ----------
+    alpha, beta : float
+        Variance ``alpha * x + beta`` of a normalised sample ``x``.
+    reference : ndarray
+        The reference frame (normalised samples).
+    name : str
+        Argument name for the message.
+
+    Raises
+    ------
+    ValueError
+    """
+    lo, hi = (float(v) for v in np.percentile(reference[:: max(1, reference.shape[0] // 512)], (0.1, 99.9)))
+    span = max(hi - lo, 1.0)
+    sigma = float(np.sqrt(max(alpha * max(hi, 0.0) + beta, 0.0)))
+    if sigma > 0.5 * span:
+        raise ValueError(
+            f"{name}: alpha {alpha:.3g} and beta {beta:.3g} imply a noise sigma of {sigma:.3g} at the "
+            f"brightest samples, more than half the data's range ({span:.3g}); give the model for "
+            "normalised samples (0 black, 1 white), not in digital numbers"
+        )
