@@ -21,7 +21,7 @@ seasons change less than intensities.
    Pixels within 3 px of an invalid one are excluded, so the blur never
    brings cloud values in.
 
-Conventions (DESIGN.md): ``d = (dy, dx)`` means reference pixel ``(i, j)`` is
+Conventions (docs/conventions.md): ``d = (dy, dx)`` means reference pixel ``(i, j)`` is
 found at ``(i + dy, j + dx)`` of the pass, in working-grid pixels.
 """
 

@@ -13,7 +13,7 @@ to the working grid on the fly by a ``WarpedVRT`` (bilinear), i.e. resampled
 once by GDAL before the fusion resamples it again; the residual offset of
 such a pass is then only what registration finds.
 
-Offsets follow DESIGN.md: ``offset = (dy, dx)`` means working-grid pixel
+Offsets follow docs/conventions.md: ``offset = (dy, dx)`` means working-grid pixel
 ``(i, j)`` (pixel centres at integer coordinates) lies at ``(i + dy, j + dx)``
 of the pass's own pixel grid.
 """

@@ -30,7 +30,7 @@ at ``(i + f_y, j + f_x)`` of the pass's array; the flow is then the constant
 ``f``. Output pixels no valid sample reached have zero weight and become
 nodata (NaN) in :func:`finish_window`.
 
-Conventions: DESIGN.md (arrays (row, col); flow (dy, dx) reference -> frame;
+Conventions: docs/conventions.md (arrays (row, col); flow (dy, dx) reference -> frame;
 pixel-area output grid: output pixel ``(y, x)`` at scale ``s`` is centred at
 reference coordinate ``((y + 0.5)/s - 0.5, (x + 0.5)/s - 0.5)``).
 """

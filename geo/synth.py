@@ -7,7 +7,7 @@ shift, integrated over the low-resolution pixel area (block mean over
 and noise, covered by random clouds, and written as a GeoTIFF with the low
 resolution transform (and a cloud-mask GeoTIFF).
 
-Shift convention (DESIGN.md): pass ``k`` holds at low-res pixel
+Shift convention (docs/conventions.md): pass ``k`` holds at low-res pixel
 ``(i + dy, j + dx)`` the content of reference pixel ``(i, j)``; of that
 shift, ``grid_offsets[k]`` is written into the pass's geotransform (known to
 the fusion) and the rest is misregistration it must estimate.

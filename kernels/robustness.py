@@ -15,8 +15,8 @@ finally spreads every rejection to its neighbourhood, so the edges of a
 moving object do not leak into the merge.
 
 Arrays are (row, col) = (y, x); guide arrays are planar (C, Hr, Wr) float32
-(so every pass runs along contiguous rows) and the flow follows DESIGN.md
-(``(dy, dx)`` in input pixels, reference -> frame).
+(so every pass runs along contiguous rows) and the flow follows
+docs/conventions.md (``(dy, dx)`` in input pixels, reference -> frame).
 """
 
 from __future__ import annotations

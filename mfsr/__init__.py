@@ -7,7 +7,7 @@ The public surface is small:
   a :class:`FusionResult` (image, confidence, flow);
 - :class:`FusionParams`, :class:`RegistrationParams` -- tuned defaults.
 
-Conventions (DESIGN.md), shared by every function:
+Conventions (docs/conventions.md), shared by every function:
 
 - arrays are (row, col) = (y, x); frames are float32, linear light, nominally
   in [0, 1] (nothing is clipped);

@@ -5,7 +5,7 @@
 - :func:`phase_correlation_average`: what a user would script with
   scikit-image: global shifts by phase correlation, shift back, average, upsample.
 
-Both use the pixel-area geometry of DESIGN.md: output pixel (y, x) at scale s
+Both use the pixel-area geometry of docs/conventions.md: output pixel (y, x) at scale s
 samples input coordinate ((y + 0.5)/s - 0.5, (x + 0.5)/s - 0.5); borders are
 reflected (half-sample symmetric).
 """

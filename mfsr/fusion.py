@@ -16,11 +16,11 @@ across reference edges); a final noise-gated unsharp mask compensates the
 integration of every sample over one input pixel. :class:`FusionParams`
 documents each choice and what it measured.
 
-Conventions (DESIGN.md): arrays are (row, col) = (y, x); ``flow[k, i, j] =
-(dy, dx)`` means the content of reference pixel ``(i, j)`` is at ``(i + dy, j
-+ dx)`` in frame ``k`` (input pixels); output pixel ``(y, x)`` at scale ``s``
-is centred at reference coordinate ``((y + 0.5)/s - 0.5, (x + 0.5)/s - 0.5)``;
-values are float32 linear light, nominally [0, 1].
+Conventions (docs/conventions.md): arrays are (row, col) = (y, x);
+``flow[k, i, j] = (dy, dx)`` means the content of reference pixel ``(i, j)``
+is at ``(i + dy, j + dx)`` in frame ``k`` (input pixels); output pixel ``(y,
+x)`` at scale ``s`` is centred at reference coordinate ``((y + 0.5)/s - 0.5,
+(x + 0.5)/s - 0.5)``; values are float32 linear light, nominally [0, 1].
 """
 
 from __future__ import annotations
@@ -268,8 +268,8 @@ class FusionResult:
         Total kernel weight accumulated at each output pixel over all frames
         and samples (all colour channels for CFA input).
     flow : ndarray of float32, shape (N, H, W, 2)
-        Flow used for each frame (DESIGN.md convention), zero for the
-        reference.
+        Flow used for each frame (convention of docs/conventions.md), zero
+        for the reference.
     scale : float
         Output pixels per input pixel.
     cfa : str or None
@@ -467,9 +467,9 @@ def fuse(
         input sample; estimated from the reference frame
         (:func:`mfsr.noise.estimate_noise`) when None.
     flow : ndarray of float, shape (N, H, W, 2), optional
-        Precomputed flow in input pixels (DESIGN.md convention; zero for the
-        reference). When None the burst is registered with
-        :mod:`mfsr.registration`.
+        Precomputed flow in input pixels (convention of
+        docs/conventions.md; zero for the reference). When None the burst is
+        registered with :mod:`mfsr.registration`.
     params : FusionParams, optional
         Fusion parameters; tuned defaults when None.
     registration : RegistrationParams, optional

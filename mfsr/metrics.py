@@ -226,8 +226,8 @@ def degrade(
     cfa : str or None
         Mosaic the result with this Bayer pattern.
     flow : ndarray, shape (h, w, 2), optional
-        Flow of another frame k (DESIGN.md convention, on the reference grid):
-        the result then has frame k's geometry. Frame-k pixel ``p`` is taken at
+        Flow of another frame k (convention of docs/conventions.md, on the
+        reference grid): the result then has frame k's geometry. Frame-k pixel ``p`` is taken at
         the reference position ``r`` solving ``r + flow(r) = p`` (fixed-point
         iterations, flow interpolated bilinearly); its footprint is translated,
         not rotated.

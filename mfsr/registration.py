@@ -22,10 +22,10 @@ itself):
 4. Bilinear interpolation of tile displacements between tile centres to a
    dense flow on the input pixel grid (:func:`dense_flow`).
 
-Flow convention (DESIGN.md): ``flow[k, i, j] = (dy, dx)`` means the content of
-reference pixel ``(i, j)`` is found at ``(i + dy, j + dx)`` in frame ``k``, in
-input-frame pixels; a raw mosaic pixel ``(y, x)`` lies at registration
-coordinate ``((y - 0.5)/2, (x - 0.5)/2)``.
+Flow convention (docs/conventions.md): ``flow[k, i, j] = (dy, dx)`` means
+the content of reference pixel ``(i, j)`` is found at ``(i + dy, j + dx)`` in
+frame ``k``, in input-frame pixels; a raw mosaic pixel ``(y, x)`` lies at
+registration coordinate ``((y - 0.5)/2, (x - 0.5)/2)``.
 
 Fusion uses the streaming form: ``ref = prepare_reference(frames[r], cfa)``
 once, then ``dense_flow(align_frame(ref, frame), frame.shape[:2])`` frame by
@@ -572,8 +572,8 @@ def align_frame(
         Frame of the same shape and kind as the reference frame (mosaic,
         grey or RGB), linear float values.
     prior : ndarray of float, shape (H, W, 2), optional
-        Known part of the flow on the input grid (DESIGN.md convention,
-        input px), e.g. a global transform's (:mod:`mfsr.geometry`). The
+        Known part of the flow on the input grid (input px, flow convention
+        of docs/conventions.md), e.g. a global transform's (:mod:`mfsr.geometry`). The
         coarse levels are then skipped: each finest tile starts from the
         prior at its centre, block matching searches
         ``fine_search_radius`` integer px around it and Lucas-Kanade refines

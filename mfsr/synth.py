@@ -10,7 +10,7 @@ block mean of the truth, and for any scale it equals
 ``mfsr.metrics.degrade(ground_truth, scale)``. The scene is optionally blurred
 first (Gaussian optics, ``blur_sigma`` in high-resolution pixels).
 
-Geometry (see DESIGN.md "Conventions"): frame ``k`` pixel ``p = (y, x)`` (low
+Geometry (see docs/conventions.md): frame ``k`` pixel ``p = (y, x)`` (low
 resolution, pixel centres at integers) maps to the reference frame at::
 
     r = R(theta_k) (p - c) + c + t_k + d_k(p)
@@ -32,7 +32,7 @@ square of side ``s / q`` scene pixels; only the rotation of these small
 sub-squares is neglected. A local warp moves each footprint by the field's value
 at the pixel centre (the field is nearly constant over one pixel).
 
-True flow (DESIGN.md): ``flow[k, i, j] = T_k^{-1}((i, j)) - (i, j)``, the
+True flow (docs/conventions.md): ``flow[k, i, j] = T_k^{-1}((i, j)) - (i, j)``, the
 position in frame ``k`` of the content of reference pixel (i, j), minus (i, j);
 closed form for rigid motion, fixed-point iterations to 1e-6 px with a warp.
 """
@@ -225,8 +225,8 @@ class SimulatedBurst:
         The sharp scene on the output grid of scale ``s`` of the reference frame
         (always RGB for CFA bursts).
     flow : ndarray of float32, shape (N, h, w, 2)
-        True camera flow (dy, dx), DESIGN.md convention; zero for the reference.
-        It ignores the moving object (see ``motion_mask``).
+        True camera flow (dy, dx), convention of docs/conventions.md; zero
+        for the reference. It ignores the moving object (see ``motion_mask``).
     scale : float
     cfa : str or None
     reference : int
@@ -871,8 +871,8 @@ def simulate_geometric_burst(
     SimulatedBurst
         ``ground_truth`` is the *rectified* scene on the output grid;
         ``flow`` is the true flow on the reference's (distorted) input grid
-        (DESIGN.md convention, zero for the reference). ``params`` adds
-        ``homographies`` (N, 3, 3), ``distortion`` (N, 5) per-frame
+        (convention of docs/conventions.md, zero for the reference).
+        ``params`` adds ``homographies`` (N, 3, 3), ``distortion`` (N, 5) per-frame
         coefficients (zeros without a lens), ``camera_matrix`` (3, 3) and
         ``rectified_flow`` (N, h, w, 2): for every frame (the reference
         included) the position in it of rectified reference pixel ``u``,

@@ -19,7 +19,7 @@ warping and grid sampling, and their use for burst and satellite alignment:
   ``geometry=`` / ``distortion=``: global model first, local registration of
   the residual, one composed flow per frame.
 
-Conventions: DESIGN.md; transforms as in :mod:`mfsr.geometry._warp`, lens
+Conventions: docs/conventions.md; transforms as in :mod:`mfsr.geometry._warp`, lens
 model as in :mod:`mfsr.geometry._lens`.
 """
 

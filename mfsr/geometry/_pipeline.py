@@ -13,7 +13,7 @@ within their own noise are shrunk towards the global model
 (``GeometryParams.residual_shrinkage``). Without a known lens the flow
 fusion uses is, on the reference grid::
 
-    flow_k(p) = M_k(p) - p + r_k(p)        (input px, DESIGN.md convention)
+    flow_k(p) = M_k(p) - p + r_k(p)        (input px, convention of docs/conventions.md)
 
 With a known lens the output grid is the *rectified* reference geometry: the
 flow ``G_k`` found on the (distorted) reference grid is carried to it through
