@@ -4,7 +4,9 @@ A *pass* is one acquisition of the area, stored as a single- or multi-band
 raster that GDAL reads (GeoTIFF, JPEG2000, ...). :func:`read_pass_info`
 checks that it opens and is georeferenced and keeps what the fusion needs
 (grid, bands, dtype, nodata, descriptions, tags), so the per-tile tasks only
-carry paths and small records, never arrays.
+carry paths and small records, never arrays. An in-memory pass (an
+:class:`ArrayDataset`, what :func:`mfsr.geo.fuse_xarray` builds from a
+DataArray stack) is read through the same :func:`read_window`.
 
 Arrays are (row, col) = (y, x); windows are given as half-open pixel ranges
 ``rows = (r0, r1)``, ``cols = (c0, c1)`` that may reach beyond the raster:
@@ -22,7 +24,7 @@ from affine import Affine
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-__all__ = ["PassInfo", "is_georaster", "read_pass_info", "check_compatible", "read_window"]
+__all__ = ["ArrayDataset", "PassInfo", "is_georaster", "read_pass_info", "check_compatible", "read_window"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,58 @@ class PassInfo:
         from rasterio.transform import array_bounds
 
         return array_bounds(self.height, self.width, self.transform)
+
+
+class ArrayDataset:
+    """One in-memory pass, read by :func:`read_window` as it reads a rasterio dataset.
+
+    It offers the part of a rasterio dataset's interface that
+    :func:`read_window` uses (``height``, ``width``, ``nodata``, ``read`` and
+    ``read_masks`` with a ``window``), so an array pass goes through the very
+    code that reads a file: same padding, same validity rule (the mask, the
+    nodata value, non-finite values), same float32 conversion.
+
+    Parameters
+    ----------
+    data : array-like, shape (C, H, W)
+        Band values in their own data type: a NumPy array, or anything
+        sliced lazily and turned into one by ``np.asarray`` (a Dask array:
+        only the windows read are computed).
+    invalid : array-like of bool, shape (H, W), or None
+        True where the pass holds no valid data (cloud, bad pixel): the
+        meaning of a nonzero mask pixel in :func:`mfsr.geo.fuse_rasters`.
+    nodata : float or None
+        Samples equal to it are invalid (in every band's data type).
+    """
+
+    def __init__(self, data, invalid=None, nodata: float | None = None):
+        if len(data.shape) != 3:
+            raise ValueError(f"data: expected shape (C, H, W), got {tuple(data.shape)}")
+        if invalid is not None and tuple(invalid.shape) != tuple(data.shape[1:]):
+            raise ValueError(f"invalid: expected shape {tuple(data.shape[1:])}, got {tuple(invalid.shape)}")
+        self.data = data
+        self.invalid = invalid
+        self.nodata = nodata
+        self.count, self.height, self.width = (int(v) for v in data.shape)
+
+    def _rows_cols(self, window: Window) -> tuple[slice, slice]:
+        r0, c0 = int(window.row_off), int(window.col_off)
+        return slice(r0, r0 + int(window.height)), slice(c0, c0 + int(window.width))
+
+    def read(self, indexes, window: Window) -> np.ndarray:
+        """Bands ``indexes`` (1-based list) over ``window``: ndarray (len(indexes), h, w), own dtype."""
+        rs, cs = self._rows_cols(window)
+        idx = [int(b) - 1 for b in indexes]
+        if idx == list(range(self.count)):
+            return np.asarray(self.data[:, rs, cs])
+        return np.asarray(self.data[idx][:, rs, cs])
+
+    def read_masks(self, indexes, window: Window) -> np.ndarray:
+        """rasterio's mask convention: uint8 (len(indexes), h, w), 0 where invalid, 255 elsewhere."""
+        rs, cs = self._rows_cols(window)
+        h, w = rs.stop - rs.start, cs.stop - cs.start
+        ok = np.ones((h, w), bool) if self.invalid is None else ~np.asarray(self.invalid[rs, cs], bool)
+        return np.broadcast_to(np.where(ok, np.uint8(255), np.uint8(0)), (len(indexes), h, w))
 
 
 def is_georaster(path) -> bool:

@@ -20,6 +20,11 @@ Pipeline of :func:`fuse_rasters`:
 5. write the output (and the optional confidence and count rasters)
    atomically (:mod:`mfsr.geo.writer`).
 
+:func:`fuse_arrays` runs steps 1 to 4 on passes held in memory (NumPy or
+Dask arrays on one grid, read through :class:`mfsr.geo.passes.ArrayDataset`)
+and returns the fused array instead of step 5; :func:`mfsr.geo.fuse_xarray`
+wraps it for xarray stacks.
+
 Conventions: DESIGN.md. Shifts are ``(dy, dx)`` in input (working-grid)
 pixels: reference pixel ``(i, j)`` is found at ``(i + dy, j + dx)`` of the
 pass, beyond what the geotransforms say.
@@ -30,7 +35,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,12 +62,12 @@ from .masked_fusion import (
     warp_translate,
 )
 from .masks import MaskSpec, parse_masks, read_mask_window
-from .passes import PassInfo, check_compatible, read_pass_info, read_window
+from .passes import ArrayDataset, PassInfo, check_compatible, read_pass_info, read_window
 from .radiometry import fit_linear, masked_noise, working_range
 from .tiles import TileTask, parse_scheduler, plan_tiles, run_tasks
 from .writer import RasterWriter, abort_all, check_output_path, commit_all
 
-__all__ = ["GeoFusionResult", "SATELLITE_PARAMS", "fuse_rasters"]
+__all__ = ["GeoFusionResult", "SATELLITE_PARAMS", "fuse_arrays", "fuse_rasters"]
 
 #: Fusion parameters for passes: :class:`mfsr.FusionParams` without the
 #: unsharp mask (back-projection restores the pass band instead: on synthetic
@@ -92,12 +97,12 @@ WAVELENGTH_TOLERANCE = 0.1
 
 @dataclass
 class GeoFusionResult:
-    """What :func:`fuse_rasters` did.
+    """What :func:`fuse_rasters` (or :func:`fuse_arrays`) did.
 
     Attributes
     ----------
-    out_path : pathlib.Path
-        The fused GeoTIFF.
+    out_path : pathlib.Path or None
+        The fused GeoTIFF; None for an in-memory fusion (:func:`fuse_arrays`).
     shifts : ndarray of float64, shape (N, 2)
         Estimated residual misregistration (dy, dx) of every pass, input
         (working-grid) px, after the geotransform; (0, 0) for the reference.
@@ -133,7 +138,7 @@ class GeoFusionResult:
     n_tiles : int
     """
 
-    out_path: Path
+    out_path: Path | None
     shifts: np.ndarray
     grid_offsets: np.ndarray
     gains: np.ndarray
@@ -156,6 +161,29 @@ class GeoFusionResult:
     n_tiles: int = 0
     reference_reason: str = ""
     clear_scores: np.ndarray | None = None
+
+    def tags(self, names) -> dict[str, str]:
+        """The ``MFSR_*`` metadata tags of the fused product (GeoTIFF tags, DataArray attrs).
+
+        Parameters
+        ----------
+        names : sequence of str
+            One label per pass (file names, dates).
+
+        Returns
+        -------
+        dict of str to str
+            ``MFSR_SCALE``, ``MFSR_PASSES`` (labels joined by ``;``),
+            ``MFSR_REFERENCE`` (index), ``MFSR_REFERENCE_REASON`` and
+            ``MFSR_SHIFTS`` (``dy,dx`` per pass, px, joined by ``;``).
+        """
+        return dict(
+            MFSR_SCALE=f"{self.scale:g}",
+            MFSR_PASSES=";".join(str(v) for v in names),
+            MFSR_REFERENCE=str(self.reference),
+            MFSR_REFERENCE_REASON=self.reference_reason,
+            MFSR_SHIFTS=";".join(f"{dy:.4f},{dx:.4f}" for dy, dx in self.shifts),
+        )
 
     def summary(self, paths=None) -> str:
         """Human-readable table of the per-pass shifts and adjustments, and the reference choice."""
@@ -183,6 +211,8 @@ class _Pass:
     mask: MaskSpec | None
     gain: tuple[float, ...]  # on normalised values
     offset: tuple[float, ...]
+    # In-memory pass (its mask is part of its validity), None for a file.
+    source: ArrayDataset | None = None
 
 
 @dataclass(frozen=True)
@@ -206,6 +236,8 @@ class _Context:
 
 def _read_pass(ps: _Pass, grid: Grid, bands, rows, cols) -> tuple[np.ndarray, np.ndarray]:
     """Raw data and validity (nodata, internal and user masks) of a pass window in its own px."""
+    if ps.source is not None:  # always on its own grid: fuse_arrays passes share the working grid
+        return read_window(ps.source, bands, rows, cols)
     with open_on_grid(ps.info.path, ps.native, grid) as src:
         data, valid = read_window(src, bands, rows, cols)
     if ps.mask is not None:
@@ -497,34 +529,10 @@ def fuse_rasters(
     scale = check_scale(scale)
     frac = scale_fraction(scale)
     n = len(path_list)
-    auto_reference = reference is None or (isinstance(reference, str) and reference == "auto")
-    if not auto_reference:
-        if isinstance(reference, bool) or not isinstance(reference, (int, np.integer)):
-            raise TypeError(f"reference: expected an integer index, 'auto' or None, got {reference!r}")
-        if not -n <= reference < n:
-            raise ValueError(f"reference: index {reference} out of range for {n} passes")
-        reference = int(reference) % n
-    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 16:
-        raise ValueError(f"tile: expected an integer >= 16, got {tile!r}")
-    if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) or max_shift < 2:
-        raise ValueError(f"max_shift: expected an integer >= 2, got {max_shift!r}")
-    try:
-        min_correlation = float(min_correlation)
-    except (TypeError, ValueError):
-        raise ValueError(f"min_correlation: expected a number, got {min_correlation!r}") from None
+    reference, tile, max_shift, min_correlation, back_projection, params = _check_options(
+        n, reference, tile, max_shift, min_correlation, back_projection, params)
     parse_scheduler(scheduler)
-    # The Numba kernels of one tile already use every core; a second tile
-    # in flight overlaps I/O and single-threaded NumPy work (measured on 2
-    # cores: 4 % faster for 50 % more memory, so one worker there).
-    workers = max(1, min(4, (os.cpu_count() or 1) // 2)) if workers is None else int(workers)
-    if workers < 1:
-        raise ValueError(f"workers: expected an integer >= 1, got {workers!r}")
-    if isinstance(back_projection, bool) or not isinstance(back_projection, (int, np.integer)) or back_projection < 0:
-        raise ValueError(f"back_projection: expected an integer >= 0, got {back_projection!r}")
-    if params is None:
-        params = SATELLITE_PARAMS
-    elif not isinstance(params, FusionParams):
-        raise TypeError(f"params: expected FusionParams, got {type(params).__name__}")
+    workers = _check_workers(workers)
 
     outputs = [("out_path", out_path)]
     if save_confidence is not None:
@@ -549,10 +557,243 @@ def fuse_rasters(
         bands = [b for b in range(1, infos[0].count + 1) if b not in own]
     band_idx = check_compatible(infos, None if bands is None else tuple(bands))
     _check_same_bands(infos, band_idx)
-    clear_scores = None
+    ctx, tasks, result = _plan_fusion(
+        infos, specs, [None] * n, band_idx, scale, frac.denominator, reference,
+        dst_crs=dst_crs, resolution=resolution, shifts=shifts, sample=sample, max_shift=max_shift,
+        min_correlation=min_correlation, radiometric=radiometric, robust=robust,
+        back_projection=back_projection, params=params, tile=tile, progress=progress,
+    )
+
+    # --- Tiled fusion and output -------------------------------------------
+    ref_info = infos[result.reference]
+    out_grid = Grid(result.crs, result.transform, result.width, result.height)
+    nb = len(band_idx)
+    tags = dict(ref_info.tags)
+    tags.update(result.tags([Path(p).name for p in path_list]))
+    desc = [ref_info.descriptions[b - 1] if b - 1 < len(ref_info.descriptions) else None for b in band_idx]
+    btags = [ref_info.band_tags[b - 1] if b - 1 < len(ref_info.band_tags) else {} for b in band_idx]
+    out_nodata = float("nan") if nodata is None else float(nodata)
+    writers: list[RasterWriter] = []
+    try:
+        main = RasterWriter(out_path, out_grid, nb, "float32", out_nodata, descriptions=desc,
+                            tags=tags, band_tags=btags, cog=cog)
+        writers.append(main)
+        conf_w = count_w = None
+        if save_confidence is not None:
+            conf_w = RasterWriter(save_confidence, out_grid, 1, "float32", None,
+                                  descriptions=["fusion weight"], tags={"MFSR_PRODUCT": "confidence"}, cog=cog)
+            writers.append(conf_w)
+        if save_count is not None:
+            count_w = RasterWriter(save_count, out_grid, 1, "uint16", None,
+                                   descriptions=["contributing passes"], tags={"MFSR_PRODUCT": "count"}, cog=cog)
+            writers.append(count_w)
+        for rows, cols, core, den, count in _run_tiles(ctx, tasks, scheduler, workers, progress):
+            if nodata is not None:
+                core = np.where(np.isnan(core), np.float32(out_nodata), core)
+            main.write(rows, cols, core)
+            if conf_w is not None:
+                conf_w.write(rows, cols, den)
+            if count_w is not None:
+                count_w.write(rows, cols, count)
+        commit_all(writers)
+    except BaseException:
+        abort_all(writers)
+        raise
+    return replace(
+        result,
+        out_path=Path(out_path),
+        confidence_path=None if save_confidence is None else Path(save_confidence),
+        count_path=None if save_count is None else Path(save_count),
+    )
+
+
+def fuse_arrays(
+    data,
+    crs,
+    transform,
+    scale: float = 2.0,
+    invalid=None,
+    reference: int | str | None = "auto",
+    *,
+    nodata: float | None = None,
+    names=None,
+    tile: int = 1024,
+    workers: int | None = None,
+    radiometric: bool = True,
+    robust: bool = True,
+    progress: bool = False,
+    shifts=None,
+    max_shift: int = 8,
+    min_correlation: float = 0.5,
+    sample: int = 512,
+    back_projection: int = 2,
+    params: FusionParams | None = None,
+) -> tuple[np.ndarray, GeoFusionResult]:
+    """Fuse passes held in memory (NumPy or Dask) on one grid, as :func:`fuse_rasters` fuses files.
+
+    The same engine: every pass becomes an in-memory
+    :class:`mfsr.geo.passes.ArrayDataset` read by the same windowed reader,
+    then the automatic reference, the registration and radiometric fit on
+    sample windows, the tiled masked fusion, the clamp and the hole fill
+    are those of :func:`fuse_rasters`; only the output is an array instead
+    of a GeoTIFF. :func:`mfsr.geo.fuse_xarray` wraps it for DataArrays.
+
+    Parameters
+    ----------
+    data : array-like, shape (N, C, H, W)
+        ``N`` passes of ``C`` bands on one grid, real integer or float data
+        (NumPy, or a Dask array: only the windows read are computed, so it
+        need not fit in memory). Non-finite values (NaN) are invalid.
+    crs : rasterio.crs.CRS or str
+        CRS of the grid (anything ``CRS.from_user_input`` accepts).
+    transform : affine.Affine
+        Pixel (col, row) -> map (x, y) of pixel upper-left corners.
+    scale : float
+        Output pixels per input pixel; a ratio p/q with q <= 64.
+    invalid : array-like of bool, shape (N, H, W), or None
+        True (nonzero) where a pass holds no valid data (cloud, shadow, bad
+        pixel): the meaning of a nonzero pixel of a mask raster in
+        :func:`fuse_rasters`. Invalid samples never contribute.
+    reference : int, "auto" or None
+        As in :func:`fuse_rasters`.
+    nodata : float or None
+        Input samples equal to it are invalid (the passes' nodata value).
+    names : sequence of str or None
+        A label per pass for warnings and the result's tags (default
+        ``data[k]``).
+    tile, workers, radiometric, robust, progress, shifts, max_shift, min_correlation, sample, back_projection, params :
+        As in :func:`fuse_rasters` (tiles run on Dask's threaded scheduler).
+
+    Returns
+    -------
+    fused : ndarray of float32, shape (C, round(H * scale), round(W * scale))
+        The fused bands on the output grid (``result.transform``), NaN where
+        no pass has data.
+    result : GeoFusionResult
+        As :func:`fuse_rasters` reports it, with ``out_path`` None.
+
+    Raises
+    ------
+    ValueError
+        Naming the argument: wrong shapes, non-numeric data, bad CRS or
+        transform, and every error of :func:`fuse_rasters`'s options.
+    """
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    shape = tuple(int(v) for v in getattr(data, "shape", ()))
+    if len(shape) != 4:
+        raise ValueError(f"data: expected an array of shape (N, C, H, W), got shape {shape or type(data).__name__}")
+    n, nb, h, w = shape
+    if min(shape) < 1:
+        raise ValueError(f"data: every dimension of (N, C, H, W) must be at least 1, got {shape}")
+    kind = np.dtype(data.dtype).kind
+    if kind not in "uif":
+        raise ValueError(f"data: data type {data.dtype}; expected real integer or float values")
+    if invalid is not None:
+        ishape = tuple(int(v) for v in getattr(invalid, "shape", ()))
+        if ishape != (n, h, w):
+            raise ValueError(f"invalid: expected shape (N, H, W) = {(n, h, w)}, got {ishape}")
+        if np.dtype(invalid.dtype).kind not in "bui":
+            raise ValueError(f"invalid: expected a boolean (or integer, nonzero = invalid) array, got {invalid.dtype}")
+    try:
+        crs = CRS.from_user_input(crs)
+    except Exception as exc:
+        raise ValueError(f"crs: not a CRS rasterio understands: {crs!r} ({exc})") from None
+    if not isinstance(transform, Affine) or transform.is_degenerate:
+        raise ValueError(f"transform: expected an invertible affine.Affine, got {transform!r}")
+    names = [f"data[{k}]" for k in range(n)] if names is None else [str(v) for v in names]
+    if len(names) != n:
+        raise ValueError(f"names: expected {n} labels (one per pass), got {len(names)}")
+    scale = check_scale(scale)
+    frac = scale_fraction(scale)
+    reference, tile, max_shift, min_correlation, back_projection, params = _check_options(
+        n, reference, tile, max_shift, min_correlation, back_projection, params)
+    workers = _check_workers(workers)
+    nodata = None if nodata is None else float(nodata)
+
+    infos = [PassInfo(path=names[k], crs=crs, transform=transform, width=w, height=h, count=nb,
+                      dtype=str(np.dtype(data.dtype)), nodata=nodata) for k in range(n)]
+    sources = [ArrayDataset(data[k], None if invalid is None else invalid[k], nodata) for k in range(n)]
+    ctx, tasks, result = _plan_fusion(
+        infos, [None] * n, sources, tuple(range(1, nb + 1)), scale, frac.denominator, reference,
+        shifts=shifts, sample=sample, max_shift=max_shift, min_correlation=min_correlation,
+        radiometric=radiometric, robust=robust, back_projection=back_projection, params=params,
+        tile=tile, progress=progress,
+    )
+    fused = np.full((nb, result.height, result.width), np.nan, np.float32)
+    for rows, cols, core, _, _ in _run_tiles(ctx, tasks, "threads", workers, progress):
+        fused[:, rows[0] : rows[1], cols[0] : cols[1]] = np.moveaxis(core, -1, 0)
+    return fused, result
+
+
+def _check_options(n, reference, tile, max_shift, min_correlation, back_projection, params):
+    """Checked options shared by fuse_rasters and fuse_arrays; ``reference`` None means automatic."""
+    auto_reference = reference is None or (isinstance(reference, str) and reference == "auto")
     if auto_reference:
+        reference = None
+    else:
+        if isinstance(reference, bool) or not isinstance(reference, (int, np.integer)):
+            raise TypeError(f"reference: expected an integer index, 'auto' or None, got {reference!r}")
+        if not -n <= reference < n:
+            raise ValueError(f"reference: index {reference} out of range for {n} passes")
+        reference = int(reference) % n
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 16:
+        raise ValueError(f"tile: expected an integer >= 16, got {tile!r}")
+    if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) or max_shift < 2:
+        raise ValueError(f"max_shift: expected an integer >= 2, got {max_shift!r}")
+    try:
+        min_correlation = float(min_correlation)
+    except (TypeError, ValueError):
+        raise ValueError(f"min_correlation: expected a number, got {min_correlation!r}") from None
+    if isinstance(back_projection, bool) or not isinstance(back_projection, (int, np.integer)) or back_projection < 0:
+        raise ValueError(f"back_projection: expected an integer >= 0, got {back_projection!r}")
+    if params is None:
+        params = SATELLITE_PARAMS
+    elif not isinstance(params, FusionParams):
+        raise TypeError(f"params: expected FusionParams, got {type(params).__name__}")
+    return reference, int(tile), int(max_shift), min_correlation, int(back_projection), params
+
+
+def _check_workers(workers) -> int:
+    # The Numba kernels of one tile already use every core; a second tile
+    # in flight overlaps I/O and single-threaded NumPy work (measured on 2
+    # cores: 4 % faster for 50 % more memory, so one worker there).
+    workers = max(1, min(4, (os.cpu_count() or 1) // 2)) if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"workers: expected an integer >= 1, got {workers!r}")
+    return workers
+
+
+def _run_tiles(ctx: _Context, tasks, scheduler, workers, progress):
+    """Fuse every tile; yield its output rows, cols (output px), core (h, w, C), weight and count."""
+    grid, s = ctx.grid, ctx.scale
+    items = [(t, ctx) for t in tasks]
+    for task, core, den, count in run_tasks(
+        _fuse_tile, items, scheduler=scheduler, workers=workers, progress=progress, desc="fuse tiles"
+    ):
+        rows = (_out_index(task.core_rows[0], grid.height, ctx.out_height, s),
+                _out_index(task.core_rows[1], grid.height, ctx.out_height, s))
+        cols = (_out_index(task.core_cols[0], grid.width, ctx.out_width, s),
+                _out_index(task.core_cols[1], grid.width, ctx.out_width, s))
+        yield rows, cols, core, den, count
+
+
+def _plan_fusion(
+    infos, specs, sources, band_idx, scale, step, reference, *, dst_crs=None, resolution=None, shifts=None,
+    sample, max_shift, min_correlation, radiometric, robust, back_projection, params, tile, progress,
+) -> tuple[_Context, list[TileTask], GeoFusionResult]:
+    """Reference, working grid, global estimates and tiles: everything before the tiled fusion.
+
+    ``sources`` holds an :class:`ArrayDataset` per in-memory pass, None for
+    a file read by its path; ``reference`` None chooses it automatically.
+    The result's output paths are None.
+    """
+    n = len(infos)
+    clear_scores = None
+    if reference is None:
         reference, reason, clear_scores = _choose_reference(
-            infos, specs, band_idx, dst_crs, resolution, int(sample))
+            infos, specs, sources, band_idx, dst_crs, resolution, int(sample))
     else:
         reason = "given"
     ref_info = infos[reference]
@@ -567,9 +808,10 @@ def fuse_rasters(
     # --- Global estimates on sample windows -------------------------------
     windows = _sample_windows(grid.height, grid.width, int(sample))
     base = [
-        _Pass(info, pl.native, pl.offset, spec, (1.0,) * nb, (0.0,) * nb)
-        for info, pl, spec in zip(infos, placements, specs)
+        _Pass(info, pl.native, pl.offset, spec, (1.0,) * nb, (0.0,) * nb, src)
+        for info, pl, spec, src in zip(infos, placements, specs, sources)
     ]
+
     ref_pass = base[reference]
     ref_raw, ref_valid = [], []
     for rows, cols in windows:
@@ -640,7 +882,7 @@ def fuse_rasters(
             except ValueError as exc:
                 warnings.warn(
                     f"{infos[k].path}: no registration ({exc}); using the geotransform alone",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
                 total = np.asarray(fr, np.float64)
                 registered[k] = False
@@ -659,14 +901,14 @@ def fuse_rasters(
                     f"{infos[k].path}: after registration, band {worst[0]} correlates at {worst[1]:.2f} "
                     f"with the reference's (< {MIN_BAND_CORRELATION:g}): another band or a changed scene; "
                     f"its shift ({est_shift[k, 0]:+.2f}, {est_shift[k, 1]:+.2f}) px may be meaningless",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
         del movs, mvalids
 
     passes = []
     for k, ps in enumerate(base):
         t = (ps.total[0] + est_shift[k, 0], ps.total[1] + est_shift[k, 1])
-        passes.append(_Pass(ps.info, ps.native, t, ps.mask, tuple(gains[k]), tuple(offs[k])))
+        passes.append(_Pass(ps.info, ps.native, t, ps.mask, tuple(gains[k]), tuple(offs[k]), ps.source))
     out_grid = output_grid(grid, scale)
     ctx = _Context(
         tuple(passes), grid, band_idx, tuple(lo), tuple(hi), scale,
@@ -674,59 +916,14 @@ def fuse_rasters(
         _dtype_range(ref_info.dtype), OVERSHOOT_SIGMAS * float(np.sqrt(noise[0] * 0.5 + noise[1])),
     )
 
-    # --- Tiled fusion and output -------------------------------------------
-    tasks = plan_tiles(grid.height, grid.width, int(tile), HALO, frac.denominator)
+    tasks = plan_tiles(grid.height, grid.width, int(tile), HALO, step)
     span = hi - lo
     # gain/offset found on normalised values, reported in data units:
     # adjusted = lo + span * (g * (x - lo) / span + o)
     gains_data = gains.copy()
     offs_data = lo[None, :] + span[None, :] * offs - gains * lo[None, :]
-    tags = dict(ref_info.tags)
-    tags.update(
-        MFSR_SCALE=f"{scale:g}",
-        MFSR_PASSES=";".join(Path(p).name for p in path_list),
-        MFSR_REFERENCE=str(reference),
-        MFSR_REFERENCE_REASON=reason,
-        MFSR_SHIFTS=";".join(f"{dy:.4f},{dx:.4f}" for dy, dx in est_shift),
-    )
-    desc = [ref_info.descriptions[b - 1] if b - 1 < len(ref_info.descriptions) else None for b in band_idx]
-    btags = [ref_info.band_tags[b - 1] if b - 1 < len(ref_info.band_tags) else {} for b in band_idx]
-    out_nodata = float("nan") if nodata is None else float(nodata)
-    writers: list[RasterWriter] = []
-    try:
-        main = RasterWriter(out_path, out_grid, nb, "float32", out_nodata, descriptions=desc,
-                            tags=tags, band_tags=btags, cog=cog)
-        writers.append(main)
-        conf_w = count_w = None
-        if save_confidence is not None:
-            conf_w = RasterWriter(save_confidence, out_grid, 1, "float32", None,
-                                  descriptions=["fusion weight"], tags={"MFSR_PRODUCT": "confidence"}, cog=cog)
-            writers.append(conf_w)
-        if save_count is not None:
-            count_w = RasterWriter(save_count, out_grid, 1, "uint16", None,
-                                   descriptions=["contributing passes"], tags={"MFSR_PRODUCT": "count"}, cog=cog)
-            writers.append(count_w)
-        items = [(t, ctx) for t in tasks]
-        for task, core, den, count in run_tasks(
-            _fuse_tile, items, scheduler=scheduler, workers=workers, progress=progress, desc="fuse tiles"
-        ):
-            rows = (_out_index(task.core_rows[0], grid.height, out_grid.height, scale),
-                    _out_index(task.core_rows[1], grid.height, out_grid.height, scale))
-            cols = (_out_index(task.core_cols[0], grid.width, out_grid.width, scale),
-                    _out_index(task.core_cols[1], grid.width, out_grid.width, scale))
-            if nodata is not None:
-                core = np.where(np.isnan(core), np.float32(out_nodata), core)
-            main.write(rows, cols, core)
-            if conf_w is not None:
-                conf_w.write(rows, cols, den)
-            if count_w is not None:
-                count_w.write(rows, cols, count)
-        commit_all(writers)
-    except BaseException:
-        abort_all(writers)
-        raise
-    return GeoFusionResult(
-        out_path=Path(out_path),
+    result = GeoFusionResult(
+        out_path=None,
         shifts=est_shift,
         grid_offsets=np.array([pl.offset for pl in placements], np.float64),
         gains=gains_data,
@@ -744,12 +941,12 @@ def fuse_rasters(
         width=out_grid.width,
         height=out_grid.height,
         bands=band_idx,
-        confidence_path=None if save_confidence is None else Path(save_confidence),
-        count_path=None if save_count is None else Path(save_count),
         n_tiles=len(tasks),
         reference_reason=reason,
         clear_scores=clear_scores,
     )
+    return ctx, tasks, result
+
 
 
 def _dtype_range(dtype: str) -> tuple[float, float] | None:
@@ -851,7 +1048,7 @@ def _check_same_bands(infos: list[PassInfo], bands: tuple[int, ...]) -> None:
                 )
 
 
-def _choose_reference(infos, specs, band_idx, dst_crs, resolution, sample) -> tuple[int, str, np.ndarray]:
+def _choose_reference(infos, specs, sources, band_idx, dst_crs, resolution, sample) -> tuple[int, str, np.ndarray]:
     """The best pass as reference: clearest (valid and agreeing with the others), then sharpest.
 
     Every pass is read on the sample windows of the first pass's working
@@ -878,9 +1075,9 @@ def _choose_reference(infos, specs, band_idx, dst_crs, resolution, sample) -> tu
     nb = len(band_idx)
     data = []  # per window: (N, h, w, C), (N, h, w)
     passes = []
-    for info, spec in zip(infos, specs):
+    for info, spec, src in zip(infos, specs, sources):
         pl = place_pass(info, grid)
-        passes.append(_Pass(info, pl.native, pl.offset, spec, (1.0,) * nb, (0.0,) * nb))
+        passes.append(_Pass(info, pl.native, pl.offset, spec, (1.0,) * nb, (0.0,) * nb, src))
     for rows, cols in windows:
         ds, vs = [], []
         for ps in passes:
