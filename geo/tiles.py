@@ -104,8 +104,11 @@ def parse_scheduler(scheduler) -> tuple[str, object]:
     if isinstance(scheduler, str):
         if scheduler.startswith("distributed://"):
             rest = scheduler[len("distributed://"):]
-            return "distributed", rest if "://" in rest else "tcp://" + rest
+            address = rest if "://" in rest else "tcp://" + rest
+            _check_address(address, scheduler)
+            return "distributed", address
         if scheduler.startswith(("tcp://", "inproc://", "tls://")):
+            _check_address(scheduler, scheduler)
             return "distributed", scheduler
     try:
         from distributed import Client
@@ -117,6 +120,79 @@ def parse_scheduler(scheduler) -> tuple[str, object]:
     raise ValueError(
         f"scheduler: expected 'threads', 'sync' or 'distributed://host:port', got {scheduler!r}"
     )
+
+
+def _check_address(address: str, given: str) -> None:
+    scheme, _, rest = address.partition("://")
+    if scheme == "inproc":
+        return
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"scheduler: expected distributed://host:port with a port number, got {given!r}")
+
+
+#: Seconds to wait for a TCP connection and for the scheduler's first message.
+PROBE_TIMEOUT = 10.0
+# A Dask comm message starts with its total length (uint64, little-endian);
+# a handshake is a few hundred bytes.
+_MAX_HANDSHAKE = 1 << 20
+
+
+def probe_scheduler(address: str, timeout: float | None = None) -> None:
+    """Check that ``address`` answers like a Dask scheduler, within ``timeout`` seconds.
+
+    A Dask scheduler sends its handshake as soon as a connection opens.
+    Something else (a web server, which waits for a request, or a service
+    with a text banner) would make the client wait for its own long timeout
+    or try to allocate a "message" whose length is read from text; here it
+    is refused at once.
+
+    Parameters
+    ----------
+    address : str
+        ``tcp://host:port`` (other schemes are not probed).
+    timeout : float, optional
+        Seconds for the connection and for the first message each
+        (default :data:`PROBE_TIMEOUT`).
+
+    Raises
+    ------
+    ValueError
+        Naming ``scheduler``: nothing listening, no answer in time, or an
+        answer that is not a Dask message.
+    """
+    import socket
+    import struct
+
+    scheme, _, rest = address.partition("://")
+    if scheme != "tcp":
+        return
+    timeout = PROBE_TIMEOUT if timeout is None else timeout
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]")
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+    except OSError as exc:
+        raise ValueError(f"scheduler: cannot connect to {address}: {exc}") from None
+    try:
+        sock.settimeout(timeout)
+        head = b""
+        while len(head) < 8:
+            chunk = sock.recv(8 - len(head))
+            if not chunk:
+                raise ValueError(f"scheduler: {address} closed the connection; it is not a Dask scheduler")
+            head += chunk
+    except TimeoutError:
+        raise ValueError(
+            f"scheduler: {address} sent no Dask handshake within {timeout:g} s; it is not a Dask scheduler"
+        ) from None
+    except OSError as exc:
+        raise ValueError(f"scheduler: cannot talk to {address}: {exc}") from None
+    finally:
+        sock.close()
+    (length,) = struct.unpack("<Q", head)
+    if length == 0 or length > _MAX_HANDSHAKE:
+        raise ValueError(f"scheduler: {address} does not speak the Dask protocol (first bytes {head!r})")
 
 
 def run_tasks(
@@ -190,9 +266,11 @@ def _run_distributed(func, items, target, workers, bar):
             "(pip install mfsr[distributed])"
         ) from None
     own = not isinstance(target, Client)
+    if own:
+        probe_scheduler(target)
     try:
         client = Client(target, timeout=CONNECT_TIMEOUT, set_as_default=False) if own else target
-    except OSError as exc:
+    except (OSError, TimeoutError) as exc:
         raise ValueError(f"scheduler: cannot connect to the dask scheduler at {target}: {exc}") from None
     try:
         nthreads = sum(client.nthreads().values()) or 1

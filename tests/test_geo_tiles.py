@@ -52,3 +52,48 @@ def test_run_tasks_bad_cluster_address(monkeypatch):
     monkeypatch.setattr(tiles, "CONNECT_TIMEOUT", "1s")
     with pytest.raises(ValueError, match="scheduler: cannot connect"):
         list(run_tasks(_square, [1], scheduler="distributed://127.0.0.1:1"))
+
+
+def _serve_once(reply: bytes | None):
+    """A TCP server on a free port that accepts one connection and sends ``reply`` (None: stays silent)."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def run():
+        conn, _ = srv.accept()
+        if reply is not None:
+            conn.sendall(reply)
+        conn.recv(1)  # hold the connection until the client closes it
+        conn.close()
+        srv.close()
+
+    threading.Thread(target=run, daemon=True).start()
+    return srv.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "reply, message",
+    [
+        (None, "sent no Dask handshake within"),  # a web server waits for a request
+        (b"SSH-2.0-OpenSSH_9.6\r\n", "does not speak the Dask protocol"),
+        (b"HTTP/1.0 400 Bad Request\r\n\r\n", "does not speak the Dask protocol"),
+    ],
+)
+def test_scheduler_that_is_not_dask_is_refused(reply, message, monkeypatch):
+    import mfsr.geo.tiles as tiles
+
+    pytest.importorskip("distributed")
+    monkeypatch.setattr(tiles, "PROBE_TIMEOUT", 0.5)
+    port = _serve_once(reply)
+    with pytest.raises(ValueError, match=f"^scheduler: .*{message}"):
+        list(run_tasks(_square, [1], scheduler=f"distributed://127.0.0.1:{port}"))
+
+
+@pytest.mark.parametrize("address", ["distributed://", "distributed://host", "distributed://host:port", "tcp://:8786"])
+def test_scheduler_address_needs_host_and_port(address):
+    with pytest.raises(ValueError, match="^scheduler: expected distributed://host:port"):
+        parse_scheduler(address)
