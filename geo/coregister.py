@@ -148,10 +148,10 @@ def estimate_shift(
         Largest shift (px) that can be found.
     sigma : float or None
         Gaussian prefilter of the fine fit, px. Default: 0 on gradient
-        magnitudes (their Gaussian derivative already smooths; on CBERS-4
-        dates less smoothing made the pairwise shifts more self-consistent:
-        mean closure error s_ik - s_ij - s_jk 0.08 px at 0, 0.12 px at 1),
-        1 on intensities.
+        magnitudes (their Gaussian derivative already smooths, and less
+        smoothing makes the pairwise shifts of real dates more
+        self-consistent: a smaller closure error ``s_ik - s_ij - s_jk``), 1
+        on intensities.
     iterations : int
         Maximum Gauss-Newton iterations.
     tolerance : float
@@ -160,9 +160,9 @@ def estimate_shift(
         Register the gradient magnitudes (Gaussian derivatives, sigma 1 px)
         or the intensities. Gradient magnitude ignores contrast inversions
         between seasons (a field darker than its surroundings in one date
-        and brighter in another); on real Sentinel-2 and CBERS-4 dates it
-        agreed better with phase correlation, on synthetic passes both are
-        within 0.02 px.
+        and brighter in another), so on real dates it agrees better with
+        phase correlation; on synthetic passes, which have no such changes,
+        both serve.
 
     Returns
     -------

@@ -144,8 +144,8 @@ def phase_correlation_average(
     the 2x2-binned mosaic (each binned pixel sums one Bayer cell; the shift found
     there is doubled, with ``2 * upsample_factor`` to keep the precision).
     Phase correlation on bilinearly demosaicked frames locks onto the
-    demosaicking artefacts (period 2 px) and returned shifts of about
-    (+-2, +-2) or 0 on simulated Bayer bursts, so it is not used.
+    demosaicking artefacts (period 2 px) instead of the scene's motion, so
+    it is not used.
     """
     from skimage.registration import phase_cross_correlation
 

@@ -14,7 +14,8 @@ means and normalises by the smaller of the reference's and the frame's local
 variance (fewer false rejections in aliased texture, no leak of moved objects
 across reference edges); a final noise-gated unsharp mask compensates the
 integration of every sample over one input pixel. :class:`FusionParams`
-documents each choice and what it measured.
+documents each choice and why it was made (the measurements behind the
+defaults are in benchmarks/RESULTS.md).
 
 Conventions (docs/conventions.md): arrays are (row, col) = (y, x);
 ``flow[k, i, j] = (dy, dx)`` means the content of reference pixel ``(i, j)``
@@ -74,8 +75,8 @@ class FusionParams:
     ----------
     k_detail : float
         Base kernel radius (standard deviation), grey px. Small radii keep
-        the detail the burst's sub-pixel offsets bring (0.15 measured best;
-        the paper's 0.25 to 0.33 cost about 1 dB at scale 1).
+        the detail the burst's sub-pixel offsets bring; the paper's 0.25 to
+        0.33 blur it, most visibly at scale 1.
     k_denoise : float
         Factor on ``k_detail`` for the isotropic radius in flat or noisy
         regions (``D = 1``).
@@ -84,8 +85,8 @@ class FusionParams:
         anisotropy ``A`` in [1, 2].
     k_shrink : float
         Radius across an edge: ``k_detail / (k_shrink * A)``. Stronger
-        stretch/shrink (the paper's 4 and 2) smeared texture of no dominant
-        orientation and lost 1 to 2 dB here.
+        stretch/shrink (the paper's 4 and 2) smears texture of no dominant
+        orientation.
     d_th : float
         Offset of the detail/denoise blend ``D = clamp(1 - sqrt(l1) / T +
         d_th, 0, 1)``, dimensionless.
@@ -107,10 +108,11 @@ class FusionParams:
         ``irregularity_threshold``.
     robustness_mean_taps : tuple of float
         Separable weights of the local means compared by the robustness (on
-        the guide grid; an odd number of them, summing to 1). ``(1/4, 1/2, 1/4)`` cancels the Nyquist frequency,
-        where the frame-to-frame aliasing lives: it halved false rejections
-        in fine texture compared with the paper's 3x3 box (guards against
-        the aliasing-induced rejections of the paper's supplement S.3).
+        the guide grid; an odd number of them, summing to 1). ``(1/4, 1/2,
+        1/4)`` cancels the Nyquist frequency, where the frame-to-frame
+        aliasing lives, so fine texture is falsely rejected less often than
+        with the paper's 3x3 box (the aliasing-induced rejections of the
+        paper's supplement S.3).
     robustness_sigma_gain : float
         Factor on ``sigma^2`` (local variance + noise variance); 2 here
         rejects a moved object as well as 1 but fewer aliased textures.
@@ -453,12 +455,12 @@ def fuse(
     refine : bool
         Apply the learned refinement network (:func:`mfsr.refine.refine_image`)
         after the fusion (default); ``FusionResult.refinement`` then holds
-        what it changed. On held-out photos it gains +1.2 to +1.6 dB at
-        scale 2 and +0.51 dB at scale 1 (Bayer; every photo gains), +0.87 dB
-        at scale 1 when ``psf_sigma`` is given, see benchmarks/RESULTS.md.
-        Its strength is calibrated per mode and scale so that no validation
-        burst loses more than 0.1 dB; for grey frames at scale 1 without
-        ``psf_sigma`` that switches it off. The network is trained for scales
+        what it changed (its gains on held-out photographs and real captures
+        are in benchmarks/RESULTS.md). Its strength is calibrated per mode
+        and scale so that no validation burst loses more than 0.1 dB
+        (:data:`mfsr.refine.calibrate.WORST_ALLOWED`) and capped where real
+        captures lose; where that leaves nothing, e.g. grey frames at scale
+        1 without ``psf_sigma``, the network does not run. The network is trained for scales
         :data:`mfsr.refine.SCALE_RANGE`; outside them the fusion is returned
         unrefined, with a warning. ``refine=False`` gives the pure kernel
         fusion.

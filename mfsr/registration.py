@@ -80,10 +80,10 @@ class RegistrationParams:
         Tile side at the coarser levels (even, >= 2).
     coarse_stride : int or None
         Tile spacing at the coarser levels. None means one tile
-        (non-overlapping): coarse levels only provide integer guesses, each
-        fine tile weighs three coarse candidates, and on simulated bursts
-        overlapping coarse tiles (``coarse_tile_size // 2``) gave the same
-        accuracy at four times the cost.
+        (non-overlapping): coarse levels only provide integer guesses and
+        each fine tile weighs three coarse candidates, so overlapping coarse
+        tiles (``coarse_tile_size // 2``) cost more without making the
+        result more accurate.
     search_radius : int
         Integer search radius at the coarse levels (L2 cost). With the default
         factors the coarsest level alone reaches +-4 * 32 registration px.
@@ -103,8 +103,8 @@ class RegistrationParams:
         A tile whose LK result moves more than this (registration px, per
         component) from its block-matching displacement keeps the latter.
     lk_interpolation : {"cubic", "linear"}
-        How LK resamples the moving image. Keys cubic costs about twice
-        linear and removes most of linear's pull towards integer shifts on
+        How LK resamples the moving image. Keys cubic costs more than
+        linear but removes most of linear's pull towards integer shifts on
         sharp or aliased images (such as 2x2-binned mosaics).
     lk_window : float
         Weighting of tile pixels in LK, from 0 (uniform) to 1 (a tent that
@@ -573,8 +573,8 @@ def align_frame(
         grey or RGB), linear float values.
     prior : ndarray of float, shape (H, W, 2), optional
         Known part of the flow on the input grid (input px, flow convention
-        of docs/conventions.md), e.g. a global transform's (:mod:`mfsr.geometry`). The
-        coarse levels are then skipped: each finest tile starts from the
+        of docs/conventions.md), e.g. a global transform's
+        (:mod:`mfsr.geometry`). The coarse levels are then skipped: each finest tile starts from the
         prior at its centre, block matching searches
         ``fine_search_radius`` integer px around it and Lucas-Kanade refines
         from there on the frame itself (no resampling), so only the
@@ -684,7 +684,7 @@ def dense_flow(
         (H, W) of the input frame (the mosaic for CFA input).
     out : ndarray of float32, shape (H, W, 2), optional
         C-contiguous buffer to write into (reusing one across frames saves
-        allocating and page-faulting ~100 MB per 12 MP frame).
+        allocating and page-faulting a full-size flow per frame).
 
     Returns
     -------

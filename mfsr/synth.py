@@ -522,10 +522,10 @@ def simulate_burst(
         Sub-squares per axis ``q >= ceil(s)`` of the general (rotation/warp)
         path; default ``ceil(s)`` when all rotations are within 3 degrees, else
         ``2 ceil(s)``. Each sub-square is integrated exactly, only its own small
-        rotation is neglected: on a white-noise scene at scale 2 the RMS error
-        against ``q = 16`` is 1.3e-4 (1 degree) and 4e-4 (3 degrees) with
-        ``q = 2``, 5e-4 at 10 degrees with ``q = 4``. Pure translations and
-        local warps move footprints without turning them: exact for any ``q``.
+        rotation is neglected, an error that grows with the angle and shrinks
+        with ``q`` (hence the finer default beyond 3 degrees). Pure
+        translations and local warps move footprints without turning them:
+        exact for any ``q``.
     shifts, angles : ndarray or None
         Explicit per-frame translations (N, 2) in low-res px (dy, dx) and
         rotations (N,) in degrees, overriding the random draws (the reference
@@ -542,11 +542,9 @@ def simulate_burst(
     its square), integrated exactly over each low-res pixel's footprint; see
     the module docstring. Cost: the translation-only fast path is a pair of
     banded separable products per channel; the general path samples ``q^2``
-    sub-squares per pixel with ``scipy.ndimage.map_coordinates(order=1)``.
-    Measured on 2 shared cores, 8-frame 12-megapixel (3000 x 4000) RGGB bursts
-    with noise: about 11 s at scale 1 and 15 to 19 s at scale 2 (from a
-    6000 x 8000 scene) for translations; about 44 s at scale 2 with 1 degree
-    rotations. Exact Poisson sampling is about 1 s per 12-megapixel frame.
+    sub-squares per pixel with ``scipy.ndimage.map_coordinates(order=1)``,
+    several times slower; exact Poisson sampling adds a pass over every
+    frame.
     """
     img, s, n, ref, cfa = _check_scene(image, scale, n_frames, reference, cfa)
     _check_non_negative(max_shift=max_shift, max_rotation=max_rotation, local_warp=local_warp,

@@ -8,7 +8,7 @@ then ``H_k`` acts on rectified coordinates), a relative radial distortion
 starts every tile from ``M_k`` (:func:`mfsr.registration.align_frame` with
 ``prior=``) and finds only the residual ``r_k`` on the frame itself -- no
 frame is resampled for registration (resampling one image and not the other
-biased the residual by about 0.04 px on aliased frames). Residual tiles
+biases the residual on aliased frames). Residual tiles
 within their own noise are shrunk towards the global model
 (``GeometryParams.residual_shrinkage``). Without a known lens the flow
 fusion uses is, on the reference grid::
@@ -206,9 +206,8 @@ def global_registration(
     distortion : None, sequence of float or "estimate"
         See :func:`mfsr.fuse`. ``"estimate"`` without ``geometry`` uses a
         homography: breathing changes the magnification too, and a model
-        without the hand's perspective change let the radial term absorb it
-        (relative k1 off by 0.04 with a similarity on a burst with 1 px
-        perspective jitter, 0.004 with a homography).
+        without the hand's perspective change lets the radial term absorb
+        that change, which biases the estimated k1.
     registration : RegistrationParams, optional
     params : GeometryParams, optional
     frames : iterable of int, optional

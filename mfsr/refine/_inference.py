@@ -28,20 +28,19 @@ SCALE_RANGE = (1.0, 4.0)
 
 #: Gaussian sigma (output px) of the local mean the refinement may not move:
 #: the network's residual is high-passed at this scale. The fusion measures
-#: local brightness well; the network is there to restore detail. Without it,
-#: a flat field came back up to 0.5 % brighter; with it, local means are
-#: exact (a zero-mean 2x2 pattern of the pixel shuffle, at most 2.3e-3 of
-#: full scale, remains on flat fields), at no measurable cost on held-out
-#: photos (mean gain within 0.01 dB of the raw residual at sigma 8).
+#: local brightness well; the network is there to restore detail, and an
+#: unfiltered residual shifts the brightness of flat fields. With the filter
+#: local means are the fusion's (only a small zero-mean 2x2 pattern of the
+#: pixel shuffle remains on flat fields), at no measurable cost to the
+#: held-out gains.
 DC_SIGMA = 8.0
 
 
 #: Views of the geometric self-ensemble for each size: (quarter turns
 #: counter-clockwise, then a left-right flip). The network is not exactly
-#: equivariant to them, so its errors partly average out. Two views (the
-#: image and its quarter turn) raised the calibrated Bayer x1 gain on
-#: validation bursts from +0.81 to +0.93 dB: the worst burst lost less, so
-#: the calibration allowed strength 0.8 instead of 0.7 (benchmarks/RESULTS.md).
+#: equivariant to them, so its errors partly average out; the worst
+#: validation bursts then lose less, which lets the calibration give the
+#: refinement more strength (the figures are in benchmarks/RESULTS.md).
 _VIEWS = {
     1: ((0, False),),
     2: ((0, False), (1, False)),
@@ -58,7 +57,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 def native_bf16() -> bool:
     """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX; Linux's /proc/cpuinfo).
 
-    There the network's convolutions run about 3 times faster in bfloat16;
+    There the network's convolutions run several times faster in bfloat16;
     elsewhere bfloat16 is emulated and slower than float32.
     """
     try:
@@ -198,7 +197,7 @@ def refine_image(
         Arithmetic of the network's layers (its fixed high-pass filter and
         the result stay float32). "auto" (default): bfloat16 on CPUs that
         compute it in hardware (:func:`native_bf16`; the network was trained
-        under bfloat16), about twice as fast there, float32 elsewhere.
+        under bfloat16), which is faster there, float32 elsewhere.
     overshoot : float
         Bound on the change: each refined channel stays within the range of
         the fused image's 3x3 neighbourhood, widened by this fraction of that
@@ -232,8 +231,8 @@ def refine_image(
     ``torch.get_num_threads()`` threads. Odd sizes are reflect-padded by one
     pixel (the network works on 2x2 blocks). Inference runs under
     ``torch.inference_mode``; on one machine with one ``precision`` the same
-    input gives the same output. bfloat16 and float32 outputs differ by
-    about 1e-4 RMS (a few hundredths of a dB at most).
+    input gives the same output. bfloat16 and float32 outputs differ
+    slightly (benchmarks/RESULTS.md).
     """
     img, conf = _check_inputs(image, confidence)
     scale = check_scale(scale)

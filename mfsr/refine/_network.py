@@ -106,11 +106,11 @@ class RefineNet(nn.Module):
     -----
     Besides the RGB, confidence and noise planes the network sees fixed
     high-pass "detail" planes of the image (delta minus a 5x5 Gaussian of
-    sigma 1 px, times 4; replicate padding). They speed up training a lot:
-    the residual is largely a deblurring filter, whose high-frequency gains
+    sigma 1 px, times 4; replicate padding). They speed up training: the
+    residual is largely a deblurring filter, whose high-frequency gains
     plain gradient descent finds very slowly from the image alone. (A linear
-    path from the inputs to the residual, tried too, learnt even faster but
-    applies one filter at every scale and noise level: it over-sharpened
+    path from the inputs to the residual would learn faster still, but it
+    applies one filter at every scale and noise level and over-sharpens
     scale-1 fusions.)
 
     Receptive field: ``2 * blocks + 2`` half-resolution convolutions of radius

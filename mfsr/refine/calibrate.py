@@ -21,9 +21,8 @@ for the same bursts refined with their optical blur given, ``psf_sigma``);
 :func:`mfsr.refine.refine_image` interpolates it in ``log2(scale)``. Where the
 network does not help, or helps on average but harms some bursts, the
 refinement thus shrinks towards the plain fusion (fidelity first: the mean
-alone once kept full strength for grey scale-1 fusions, where the best
-validation burst gained 10 dB and the worst lost 11). The weight files and
-their hashes are unchanged.
+alone keeps full strength where some bursts gain as much as others lose).
+The weight files and their hashes are unchanged.
 
 ``--ensemble MODE=N`` (repeatable) refines that mode's bursts with the
 geometric self-ensemble of ``N`` views (:func:`mfsr.refine.refine_image`'s
@@ -86,8 +85,8 @@ def floored_gain_db(mse_refined: float, mse_fused: float) -> float:
     already better than 60 dB (RMS error below 0.1 % of full scale) cannot
     count a change far below that as a loss of several dB. The network was
     trained with this floor, so it does not try to be exact there; without it,
-    a noiseless 15-frame burst of a smooth scene fused at 73.5 dB (refined at
-    full strength: 70.7 dB) set the Bayer x1 strength alone.
+    one noiseless burst of a smooth scene, fused far above 60 dB, can set a
+    strength alone.
     """
     return 10.0 * float(np.log10((mse_fused + MSE_FLOOR) / (mse_refined + MSE_FLOOR)))
 

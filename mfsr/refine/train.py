@@ -16,23 +16,25 @@ Two phases, and an optional third:
    random crops of the training photographs
    (:data:`mfsr.refine.heldout.TRAIN_IMAGES`, random flips, colour gains and
    exposure; grey photos colourised with a smooth random colour field) and
-   dead-leaves textures, and fused with :func:`mfsr.fuse` exactly as a user
-   calls it (its own registration, estimated noise model, default
-   :class:`mfsr.fusion.FusionParams`, so including its final unsharp mask).
-   Each burst's fused image, confidence and ground truth are kept in memory as
-   network input planes (:mod:`mfsr.refine._features`).
+   dead-leaves textures (:func:`draw_burst`, :func:`training_scenes`), and
+   fused with :func:`mfsr.fuse` exactly as a user calls it (its own
+   registration, estimated noise model, default
+   :class:`mfsr.fusion.FusionParams`, so including its final unsharp mask):
+   the network learns to correct what users actually get. Each burst's fused
+   image, confidence and ground truth are kept in memory as network input
+   planes (:mod:`mfsr.refine._features`).
 2. **Training** for ``--minutes``: Adam, cosine learning-rate decay over the
    time budget, log MSE-ratio loss with a harm penalty (see :func:`loss_fn`)
    on random 64x64 crops with random flips / 90-degree rotations (the fused
    image is RGB already, so this is exact for CFA bursts too; all four Bayer
    phases are in the data), batches of 16, under bfloat16 autocast with
-   float32 weights (``--precision bf16``, the default: 1.5 times the steps of
-   float32 on CPUs with bfloat16 units, the same validation gain per step;
-   ``--precision fp32`` for others). A fixed validation set (other seeds,
-   training images) is refined through :func:`mfsr.refine.refine_image`
-   every few minutes. This network serves every mode. Half the examples of
-   each batch (:data:`PSF_KNOWN_SHARE`, drawn anew at every step) are told
-   their true optical blur as a global input (``psf_sigma`` of
+   float32 weights (``--precision bf16``, the default, for CPUs with
+   bfloat16 units, where a time budget then does more steps; ``--precision
+   fp32`` for others). A fixed validation set (other seeds, training images)
+   is refined through :func:`mfsr.refine.refine_image` every few minutes.
+   This network serves every mode. Half the examples of each batch
+   (:data:`PSF_KNOWN_SHARE`, drawn anew at every step) are told their true
+   optical blur as a global input (``psf_sigma`` of
    :func:`mfsr.refine.refine_image`), the others see "unknown": one network
    for users who know their optics and for those who do not. ``--init`` of
    a network trained before that input existed widens it with zero weights.
@@ -41,11 +43,10 @@ Two phases, and an optional third:
    (``--cfa-data all``: fresh bursts of every mode; ``--cfa-harm-weight``: its
    own harm weight) in a cache of their own, learning rate :data:`CFA_LR` with cosine decay,
    optionally with a gated linear filter bank (``--cfa-filters``); it then
-   serves Bayer fusions (``refiner_cfa.pt``). Not shipped: it raised the
-   held-out Bayer gains (to +0.40 dB at scale 1 and +1.19 at scale 2 with
-   two filters) but lost 2.9 to 3.6 dB against the plain fusion on the
-   real-sensor Bayer check (``tests/test_realdata_camera.py``, openISP),
-   where the shared network loses at most 0.22 (benchmarks/RESULTS.md).
+   serves Bayer fusions (``refiner_cfa.pt``). Not shipped: it gains on
+   simulated bursts and held-out photographs but loses against the plain
+   fusion on real sensor texture (the openISP check of
+   ``tests/test_realdata_camera.py``; figures in benchmarks/RESULTS.md).
 
 Outputs in ``DIR``: ``refiner.pt`` (and ``refiner_cfa.pt`` after phase 3), ``manifest.json`` (SHA-256,
 architecture, the full training configuration, duration, final losses),
@@ -59,22 +60,17 @@ fusions refined as the average of two views of the image).
 The shipped weights take two runs: ``--minutes 60 --bursts 1500 --seed 0``
 (the network for every mode), then ``--init`` of it with ``--minutes 12
 --seed 1 --bursts 1000 --lr 3e-4 --harm-weight 10 --cfa-only``: a fine-tune on
-fresh bursts that harms its worst validation bursts less and serves Bayer
-fusions (validation Bayer x1 strength 0.7 instead of 0.5; held-out blind Bayer
-x1 +0.43 dB instead of +0.33; +0.51 with the two-view self-ensemble). It
-served grey fusions worse (grey x1 strength with the blur given 0.3 instead
-of 0.5), hence Bayer only.
-The same layout in one run, ``--minutes 48 --bursts 1500 --seed 0 --cfa-minutes
-12 --cfa-bursts 1000 --cfa-data all --cfa-harm-weight 10`` (64 min on the dev
-VM), made weaker networks: 59,231 shared steps against 95,225, and on the
-training photographs under bench conditions blind Bayer x1 +0.48 dB against
-+0.78 for the shipped pair (benchmarks/RESULTS.md).
+fresh bursts that harms its worst validation bursts less, so the calibration
+gives Bayer fusions more of it. It serves grey fusions worse than the shared
+network, hence Bayer only. The same layout in one run (``--minutes 48
+--bursts 1500 --seed 0 --cfa-minutes 12 --cfa-bursts 1000 --cfa-data all
+--cfa-harm-weight 10``) made weaker networks, its shared stage having fewer
+steps. The comparisons are in benchmarks/RESULTS.md.
 
 Reproducibility: all randomness comes from ``--seed``; the number of steps
 done in ``--minutes`` depends on the machine, so ``--steps`` and
 ``--cfa-steps`` fix them for a bit-for-bit rerun on the same software.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -159,9 +155,8 @@ def _extra_photo(package: str, relpath: str, factor: int) -> np.ndarray:
 
 
 #: Draw weights of the natural photographs (others: 1). The held-out test is
-#: natural photographs, and a first run whose scenes were mostly microscopy,
-#: a star field, text and textures gained +2 dB on those but nothing on
-#: held-out photographs at scale 1.
+#: natural photographs; scenes that are mostly microscopy, a star field, text
+#: and textures teach what does not carry over to them.
 PHOTO_WEIGHTS = {"china": 3.0, "flower": 3.0, "camera": 2.0, "aero": 2.0, "ascent": 2.0}
 #: Share of bursts drawn from dead-leaves textures: their piecewise-constant
 #: statistics reward edge snapping that natural images punish.
@@ -238,10 +233,8 @@ def _draw_scene(rng, pool, side: int, want_grey: bool) -> tuple[str, np.ndarray]
 
 
 #: Share of bursts per mode. Bayer bursts come first: they are the camera
-#: engineers' case and the hardest one. Against 45 % of Bayer draws (and
-#: fewer steps), held-out Bayer x2 gained +0.04 dB and the worst Bayer x1
-#: photo went from -0.18 to -0.03 dB; the Bayer x1 mean stayed at +0.24 dB
-#: and grey x2 fell from +1.47 to +1.32 dB.
+#: engineers' case and the hardest one; a larger Bayer share trades some grey
+#: gain for fewer Bayer bursts made worse.
 MODE_SHARES = {"cfa": 0.55, "grey": 0.27, "rgb": 0.18}
 #: Share of bursts at scale 1 and 2; the rest is U(1.25, 4).
 SCALE_SHARES = {1.0: 0.4, 2.0: 0.35}
@@ -389,8 +382,8 @@ def _batch(rng, cache: list[Example], batch: int, patch: int):
 #: flat, already perfect patches cannot dominate the log ratio.
 MSE_FLOOR = 1e-6
 #: Extra weight on examples the network makes worse (the do-no-harm term).
-#: Training from scratch needs a small one: with 10, the network stayed at the
-#: identity (validation gain +0.00 dB after 8,200 steps). A fine-tune with 10
+#: Training from scratch needs a small one: with 10, the network stays at the
+#: identity (benchmarks/RESULTS.md). A fine-tune with 10
 #: (``--init``, ``--harm-weight 10``) makes it harm its worst validation bursts
 #: less, so the calibration can give it more strength (module docstring).
 HARM_WEIGHT = 1.0
@@ -404,8 +397,8 @@ def loss_fn(net: RefineNet, planes, gl, truth, grey, *, bf16: bool = False,
     the example's PSNR gain, so the mean of it is the quantity the
     acceptance measures (the mean dB gain), with every example weighted by
     its *relative* improvement: a plain L1 or L2 is dominated by the hardest
-    examples (strong noise, scale 4), and a first run trained with L1
-    sharpened clean scale-1 bursts and lost up to 4 dB on them. Examples the
+    examples (strong noise, scale 4) and teaches the network to sharpen clean
+    scale-1 bursts, which it then harms. Examples the
     network makes worse count ``1 + harm_weight`` times (fidelity first: the
     refinement must not lose on any image). Grey examples are scored on the
     channel mean, as inferred. ``bf16`` runs the network under bfloat16
@@ -634,8 +627,7 @@ def train(
     (:data:`MODE_SHARES`) instead of Bayer bursts only, and
     ``cfa_harm_weight`` (default: ``harm_weight``) is its loss's harm weight:
     with ``"all"`` and 10 the stage is the kind of fine-tune that made the
-    shipped Bayer network, in the same run as the shared stage (at 48 + 12
-    minutes it made weaker networks than the shipped two runs; module
+    shipped Bayer network, in the same run as the shared stage (module
     docstring).
 
     ``cfa_only`` (needs ``init``, not with the Bayer stage) keeps the
@@ -644,9 +636,9 @@ def train(
     the same Bayer fine-tune as a second run.
 
     ``precision="bf16"`` trains under bfloat16 autocast (float32 weights and
-    optimiser): on CPUs with bfloat16 units (AVX512-BF16, AMX) a step takes
-    about two thirds of the time, so the time budget does more steps; 2,500
-    steps of either gave the same validation gain (+0.25 dB).
+    optimiser): on CPUs with bfloat16 units (AVX512-BF16, AMX) a step is
+    faster, so the time budget does more steps, and a step gains as much as
+    one in float32.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
