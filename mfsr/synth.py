@@ -25,7 +25,8 @@ ground truth is the top-left ``round(h s) x round(w s)`` crop of ``image``.
 
 The footprint of a low-resolution pixel is its unit square in its own frame,
 i.e. rotated with the frame. Pure translations are integrated exactly with
-separable fractional-area weights (the fast path). Otherwise the footprint is
+separable fractional-area weights (the fast path; the sampling functions are
+those of :mod:`mfsr.pixel_area`). Otherwise the footprint is
 split into ``q x q`` sub-squares (``q >= ceil(s)``, see ``subsamples``) whose centres
 are mapped exactly and each of which is integrated exactly as an axis-aligned
 square of side ``s / q`` scene pixels; only the rotation of these small
