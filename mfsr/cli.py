@@ -393,10 +393,12 @@ def _fuse_options(args: argparse.Namespace) -> dict:
 
 def _check_memory_from_headers(files: list[Path], scale: float, cfa: str | None) -> None:
     """Refuse a fusion that cannot fit in memory before any frame is decoded."""
-    from .image_io import header_shape
+    from .image_io import checked_header_shape
     from .memory_estimate import check_fusion_memory
 
-    h, w, c = header_shape(files[0])
+    for p in files[1:]:
+        checked_header_shape(p)
+    h, w, c = checked_header_shape(files[0])
     c = 1 if c in (1, 2) else 3  # an opaque alpha channel is dropped
     ho, wo = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
     check_fusion_memory(len(files), h, w, c, ho, wo, 3 if cfa is not None or c == 3 else 1, scale=scale)

@@ -116,6 +116,34 @@ def header_shape(path: str | os.PathLike) -> tuple[int, int, int]:
         raise ValueError(f"{path}: cannot read image header ({_describe(exc)})") from exc
 
 
+def checked_header_shape(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[int, int, int]:
+    """:func:`header_shape`, refusing images of more than ``max_pixels`` pixels.
+
+    Parameters
+    ----------
+    path : path-like
+    max_pixels : int, optional
+        Default :data:`MAX_PIXELS`, or ``MFSR_MAX_PIXELS``.
+
+    Returns
+    -------
+    (height, width, samples_per_pixel) : tuple of int
+
+    Raises
+    ------
+    ValueError
+        Naming the file, if the header is unreadable or declares too many pixels.
+    """
+    h, w, c = header_shape(path)
+    limit = _max_pixels(max_pixels)
+    if h * w > limit:
+        raise ValueError(
+            f"{path}: the header declares {w}x{h} = {h * w:,} pixels, more than the limit of {limit:,} "
+            "(MFSR_MAX_PIXELS raises it)"
+        )
+    return h, w, c
+
+
 def _max_pixels(max_pixels: int | None) -> int:
     if max_pixels is not None:
         return int(max_pixels)
@@ -220,13 +248,7 @@ def read_image(
             f"{path}: unsupported file type {path.suffix!r}; expected one of "
             f"{', '.join(READ_SUFFIXES)}"
         )
-    h, w, _ = header_shape(path)
-    limit = _max_pixels(max_pixels)
-    if h * w > limit:
-        raise ValueError(
-            f"{path}: the header declares {w}x{h} = {h * w:,} pixels, more than the limit of {limit:,} "
-            "(MFSR_MAX_PIXELS raises it)"
-        )
+    h, w, _ = checked_header_shape(path, max_pixels)
     try:
         data = _read_raw_samples(path)
     except MemoryError:

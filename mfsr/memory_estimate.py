@@ -21,8 +21,6 @@ from pathlib import Path
 __all__ = ["available_memory", "check_fusion_memory", "fusion_memory"]
 
 _GIB = 1 << 30
-# Interpreter, NumPy/Numba/torch libraries and small buffers.
-_BASE_BYTES = 500 << 20
 # Peak bytes per byte of the float32 burst and of the float32 output image.
 _PER_BURST_BYTE = 3.5
 _PER_OUTPUT_BYTE = 2.5
@@ -30,7 +28,7 @@ _PER_OUTPUT_BYTE = 2.5
 
 def fusion_memory(n_frames: int, height: int, width: int, channels: int, out_height: int, out_width: int,
                   out_channels: int) -> int:
-    """Estimated peak memory of :func:`mfsr.fuse`, in bytes.
+    """Estimated peak memory of :func:`mfsr.fuse` beyond what the process already holds, in bytes.
 
     Parameters
     ----------
@@ -46,7 +44,7 @@ def fusion_memory(n_frames: int, height: int, width: int, channels: int, out_hei
     """
     burst = 4.0 * n_frames * height * width * channels
     out = 4.0 * out_height * out_width * out_channels
-    return int(_BASE_BYTES + _PER_BURST_BYTE * burst + _PER_OUTPUT_BYTE * out)
+    return int(_PER_BURST_BYTE * burst + _PER_OUTPUT_BYTE * out)
 
 
 def available_memory() -> int | None:
