@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-import rasterio
 from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
@@ -206,23 +205,19 @@ def open_on_grid(path: str, native: bool, grid: Grid, *, resampling=Resampling.b
     ------
     dataset
     """
-    import warnings
+    from .safe_open import open_raster
 
-    from rasterio.errors import NotGeoreferencedWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
-            if native:
-                yield src
-                return
-            kw = {}
-            if src_crs is not None:
-                kw["src_crs"] = src_crs
-            if src_transform is not None:
-                kw["src_transform"] = src_transform
-            with WarpedVRT(
-                src, crs=grid.crs, transform=grid.transform, width=grid.width,
-                height=grid.height, resampling=resampling, **kw,
-            ) as vrt:
-                yield vrt
+    with open_raster(path) as src:
+        if native:
+            yield src
+            return
+        kw = {}
+        if src_crs is not None:
+            kw["src_crs"] = src_crs
+        if src_transform is not None:
+            kw["src_transform"] = src_transform
+        with WarpedVRT(
+            src, crs=grid.crs, transform=grid.transform, width=grid.width,
+            height=grid.height, resampling=resampling, **kw,
+        ) as vrt:
+            yield vrt

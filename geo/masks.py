@@ -18,17 +18,16 @@ The mask file's own nodata pixels count as invalid too.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from .grid import Grid, open_on_grid
+from .safe_open import open_raster
 from .passes import PassInfo
 
 __all__ = ["MaskSpec", "parse_masks", "read_mask_window"]
@@ -90,10 +89,8 @@ def parse_masks(masks, infos: list[PassInfo]) -> list[MaskSpec | None]:
         if not Path(path).exists():
             raise ValueError(f"masks[{k}]: file not found: {path}")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(path) as src:
-                    shape, count = (src.height, src.width), src.count
+            with open_raster(path, f"masks[{k}]") as src:
+                shape, count = (src.height, src.width), src.count
         except RasterioIOError as exc:
             raise ValueError(f"masks[{k}]: cannot read {path} as a raster: {exc}") from None
         if not 1 <= band <= count:

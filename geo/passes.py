@@ -19,10 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from affine import Affine
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
+
+from .safe_open import check_local_raster, open_raster
+
+#: Magnitude beyond which a sample is taken for an undeclared fill value, not
+#: a measurement (float rasters use -3.4e38, 1e30, ... without declaring them).
+IMPLAUSIBLE = 1e20
 
 __all__ = ["ArrayDataset", "PassInfo", "is_georaster", "read_pass_info", "check_compatible", "read_window"]
 
@@ -143,14 +148,8 @@ def is_georaster(path) -> bool:
     bool
     """
     try:
-        import warnings
-
-        from rasterio.errors import NotGeoreferencedWarning
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                return src.crs is not None or not src.transform.almost_equals(Affine.identity())
+        with open_raster(path) as src:
+            return src.crs is not None or not src.transform.almost_equals(Affine.identity())
     except Exception:
         return False
 
@@ -175,31 +174,25 @@ def read_pass_info(path, *, argument: str = "paths") -> PassInfo:
         If the file is missing or unreadable, has no CRS, has mixed band
         data types, or a complex or boolean data type.
     """
-    p = str(path)
+    p = check_local_raster(path, argument)
     if not Path(p).exists():
         raise ValueError(f"{argument}: file not found: {p}")
     try:
-        import warnings
-
-        from rasterio.errors import NotGeoreferencedWarning
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(p) as src:
-                info = PassInfo(
-                    path=p,
-                    crs=src.crs,
-                    transform=src.transform,
-                    width=src.width,
-                    height=src.height,
-                    count=src.count,
-                    dtype=src.dtypes[0] if src.count else "",
-                    nodata=src.nodata,
-                    descriptions=tuple(src.descriptions),
-                    tags=dict(src.tags()),
-                    band_tags=tuple(dict(src.tags(b)) for b in range(1, src.count + 1)),
-                )
-                dtypes = set(src.dtypes)
+        with open_raster(p, argument) as src:
+            info = PassInfo(
+                path=p,
+                crs=src.crs,
+                transform=src.transform,
+                width=src.width,
+                height=src.height,
+                count=src.count,
+                dtype=src.dtypes[0] if src.count else "",
+                nodata=src.nodata,
+                descriptions=tuple(src.descriptions),
+                tags=dict(src.tags()),
+                band_tags=tuple(dict(src.tags(b)) for b in range(1, src.count + 1)),
+            )
+            dtypes = set(src.dtypes)
     except RasterioIOError as exc:
         raise ValueError(f"{argument}: cannot read {p} as a raster: {exc}") from None
     if info.count == 0:
@@ -281,7 +274,7 @@ def read_window(
     valid : ndarray of bool, shape (h, w)
         True where every band holds data: inside the raster, not nodata, not
         masked by the dataset's own mask (``read_masks``: internal masks,
-        alpha, nodata) and finite.
+        alpha, nodata), finite and within +-:data:`IMPLAUSIBLE`.
     """
     r0, r1 = rows
     c0, c1 = cols
@@ -297,7 +290,10 @@ def read_window(
     masks = src.read_masks(list(bands), window=win)
     ok = np.all(masks > 0, axis=0)
     blockf = block.astype(np.float32, copy=False)
-    ok &= np.all(np.isfinite(blockf), axis=0)
+    # NaN, infinity and undeclared fill values (-3.4e38, 1e30) are no data:
+    # fused as numbers they overflow the accumulators.
+    with np.errstate(invalid="ignore"):
+        ok &= np.all(np.abs(blockf) <= IMPLAUSIBLE, axis=0)
     if src.nodata is not None and not np.isnan(src.nodata):
         ok &= np.all(block != np.asarray(src.nodata).astype(block.dtype), axis=0)
     sub = np.moveaxis(blockf, 0, -1)

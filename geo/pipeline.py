@@ -576,16 +576,18 @@ def fuse_rasters(
     writers: list[RasterWriter] = []
     try:
         main = RasterWriter(out_path, out_grid, nb, "float32", out_nodata, descriptions=desc,
-                            tags=tags, band_tags=btags, cog=cog)
+                            tags=tags, band_tags=btags, cog=cog, overwrite=overwrite)
         writers.append(main)
         conf_w = count_w = None
         if save_confidence is not None:
             conf_w = RasterWriter(save_confidence, out_grid, 1, "float32", None,
-                                  descriptions=["fusion weight"], tags={"MFSR_PRODUCT": "confidence"}, cog=cog)
+                                  descriptions=["fusion weight"], tags={"MFSR_PRODUCT": "confidence"}, cog=cog,
+                                  overwrite=overwrite)
             writers.append(conf_w)
         if save_count is not None:
             count_w = RasterWriter(save_count, out_grid, 1, "uint16", None,
-                                   descriptions=["contributing passes"], tags={"MFSR_PRODUCT": "count"}, cog=cog)
+                                   descriptions=["contributing passes"], tags={"MFSR_PRODUCT": "count"}, cog=cog,
+                                   overwrite=overwrite)
             writers.append(count_w)
         for rows, cols, core, den, count in _run_tiles(ctx, tasks, scheduler, workers, progress):
             if nodata is not None:

@@ -189,6 +189,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="'threads' (default, this machine) or distributed://host:port (a dask cluster)",
     )
     geo.add_argument("--cog", action="store_true", help="write a Cloud-Optimized GeoTIFF")
+    geo.add_argument(
+        "--allow-vrt",
+        action="store_true",
+        help="read GDAL VRT inputs you trust (refused by default: a VRT can read other files and URLs)",
+    )
     geo.add_argument("--save-count", metavar="PATH", help="also write the number of valid passes per pixel")
     learned = f.add_argument_group("learned refinement (camera bursts and image files)")
     ref = learned.add_mutually_exclusive_group()
@@ -459,6 +464,18 @@ def _fuse_images(args: argparse.Namespace, files: list[Path], options: dict):
 
 
 def _fuse_geo(args: argparse.Namespace, passes: list[Path]) -> int:
+    import os
+
+    if args.allow_vrt:
+        os.environ["MFSR_ALLOW_VRT"] = "1"  # read by every raster open, also in the tile threads
+        try:
+            return _fuse_passes(args, passes)
+        finally:
+            os.environ.pop("MFSR_ALLOW_VRT", None)
+    return _fuse_passes(args, passes)
+
+
+def _fuse_passes(args: argparse.Namespace, passes: list[Path]) -> int:
     from .geo import fuse_rasters
 
     t0 = time.perf_counter()
@@ -544,6 +561,7 @@ _ROUTE_OPTIONS = (
     ("--tile", "tile", ("geo",)),
     ("--scheduler", "scheduler", ("geo",)),
     ("--cog", "cog", ("geo",)),
+    ("--allow-vrt", "allow_vrt", ("geo",)),
     ("--cfa", "cfa", ("raw", "image")),
     ("--report", "report", ("raw", "image")),
     ("--save-flow", "save_flow", ("raw", "image")),

@@ -251,3 +251,79 @@ def test_read_only_output_folder_is_refused_up_front(frames, tmp_path, capsys):
     finally:
         ro.chmod(0o700)
     assert rc == 2 and "-o: cannot write to the folder" in res.err
+
+
+def _passwd_vrt(path):
+    # A VRT whose one band is /etc/passwd read as raw bytes.
+    path.write_text(
+        '<VRTDataset rasterXSize="16" rasterYSize="4">'
+        '<SRS>EPSG:32633</SRS><GeoTransform>500000, 10, 0, 4000000, 0, -10</GeoTransform>'
+        '<VRTRasterBand dataType="Byte" band="1" subClass="VRTRawRasterBand">'
+        '<SourceFilename relativetoVRT="0">/etc/passwd</SourceFilename>'
+        '<ImageOffset>0</ImageOffset><PixelOffset>1</PixelOffset><LineOffset>16</LineOffset>'
+        '</VRTRasterBand></VRTDataset>'
+    )
+
+
+@pytest.mark.parametrize("name", ["a.vrt", "disguised.tif"])
+def test_vrt_inputs_are_refused(name, tmp_path, capsys):
+    from mfsr.geo import fuse_rasters
+
+    _passwd_vrt(tmp_path / name)
+    _geo_pass(tmp_path / "p.tif", np.full((4, 16), 0.5))
+    before = _hashes(tmp_path)
+    rc, res = _run(["fuse", tmp_path / name, tmp_path / "p.tif", "-o", tmp_path / "o.tif", "-q"], capsys)
+    assert rc == 2 and "Traceback" not in res.err
+    assert _hashes(tmp_path) == before
+    with pytest.raises(ValueError, match="is a GDAL VRT, which can read other files"):
+        fuse_rasters([tmp_path / "p.tif", tmp_path / name], tmp_path / "o.tif")
+
+
+@pytest.mark.parametrize("path", ["/vsicurl/http://127.0.0.1:9/x.tif", "https://example.com/x.tif", "/vsizip/x.zip/a.tif"])
+def test_network_and_virtual_paths_are_refused(path, tmp_path):
+    from mfsr.geo import fuse_rasters
+
+    _geo_pass(tmp_path / "p.tif", np.full((16, 16), 0.5))
+    with pytest.raises(ValueError, match="path; mfsr reads local raster files only"):
+        fuse_rasters([tmp_path / "p.tif", path], tmp_path / "o.tif")
+
+
+def test_allow_vrt_reads_a_trusted_vrt(tmp_path, capsys):
+    import rasterio
+
+    for k in range(2):
+        _geo_pass(tmp_path / f"p{k}.tif", np.random.default_rng(k).random((32, 32)))
+    with rasterio.open(tmp_path / "p1.tif") as src:
+        # A VRT of p1, written by GDAL itself.
+        rasterio.shutil.copy(src, tmp_path / "p1.vrt", driver="VRT")
+    argv = ["fuse", tmp_path / "p0.tif", tmp_path / "p1.vrt", "-o", tmp_path / "o.tif", "-q"]
+    assert _run(argv, capsys)[0] == 2
+    rc, res = _run([*argv, "--allow-vrt"], capsys)
+    assert rc == 0, res.err
+    assert "MFSR_ALLOW_VRT" not in os.environ
+
+
+@pytest.mark.parametrize("fill", [-3.4e38, 1e30])
+def test_geo_fill_values_are_masked_not_fused(fill, tmp_path):
+    import rasterio
+
+    from mfsr.geo import fuse_rasters
+
+    yy, xx = np.mgrid[:48, :48]
+    base = (0.5 + 0.3 * np.sin(yy / 4.0) * np.cos(xx / 5.0)).astype(np.float32)
+    outs = {}
+    for case in ("clean", "filled"):
+        paths = []
+        for k in range(3):
+            data = base.copy()
+            if case == "filled" and k < 2:  # the reference and a second pass carry an undeclared fill block
+                data[10:26, 10:26] = fill
+            _geo_pass(tmp_path / f"{case}{k}.tif", data)
+            paths.append(tmp_path / f"{case}{k}.tif")
+        res = fuse_rasters(paths, tmp_path / f"{case}-o.tif", scale=2, reference=0)
+        with rasterio.open(tmp_path / f"{case}-o.tif") as src:
+            outs[case] = src.read(1)
+    out = outs["filled"]
+    assert np.isfinite(out).all()
+    assert res.valid_fractions[0] < 0.95 and res.valid_fractions[2] == 1.0  # counted as invalid
+    assert out.min() >= outs["clean"].min() - 0.05 and out.max() <= outs["clean"].max() + 0.05
