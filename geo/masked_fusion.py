@@ -40,10 +40,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import correlate1d, gaussian_filter, map_coordinates, maximum_filter, minimum_filter
 
-from mfsr.fusion import FusionParams
-from mfsr.kernels.accumulate import accumulate_frame
+from mfsr.fusion_params import FusionParams
 from mfsr.kernels.robustness import local_stats, robustness
-from mfsr.kernels.structure_tensor import grey_image, kernel_inverse_covariance, structure_tensor
+from mfsr.merge import accumulate, frame_kernels
 
 __all__ = [
     "HALO", "GUARD_ROUNDS", "warp_translate", "masked_median", "fuse_window", "finish_window",
@@ -355,31 +354,15 @@ def fuse_window(
             use = near_ok & (accepted | (k == reference))
             lo_b = np.where(use[..., None], np.minimum(lo_b, near), lo_b)
             hi_b = np.where(use[..., None], np.maximum(hi_b, near), hi_b)
-        grey = grey_image(frame, 1)
-        tensor = structure_tensor(grey, p.tensor_sigma)
-        inv_cov = kernel_inverse_covariance(
-            tensor, grey, alpha * gain, beta * gain,
-            p.k_detail, p.k_denoise, p.k_stretch, p.k_shrink, p.d_th, p.d_tr,
-            radius_min, max(p.radius_max, radius_min), 1.0,
-        )
-        del tensor, grey
+        inv_cov = frame_kernels(frame, 1, (alpha * gain, beta * gain), p, radius_min=radius_min,
+                                radius_max=max(p.radius_max, radius_min))
         # Values (0 where invalid) and the validity, accumulated alike.
         acc = np.empty(frame.shape[:2] + (nacc,), np.float32)
         acc[..., :nc] = np.where(valid[..., None], frame, np.float32(0.0))
         acc[..., nc] = valid
         flow[...] = np.asarray(offsets[k], np.float32)
         prev[...] = num[..., nc]
-        # The kernel keeps at most 3 channels beside its weight sum: more go
-        # in groups of 3 with the same weights.
-        for c0 in range(0, nacc, 3):
-            c1 = min(c0 + 3, nacc)
-            if c0 == 0 and c1 == nacc:
-                accumulate_frame(acc, flow, inv_cov, 1, weight, 1, float(scale), num, den)
-                break
-            part = np.ascontiguousarray(num[..., c0:c1])
-            accumulate_frame(np.ascontiguousarray(acc[..., c0:c1]), flow, inv_cov, 1, weight, 1,
-                             float(scale), part, den)
-            num[..., c0:c1] = part
+        accumulate(acc, flow, inv_cov, weight, scale, num, den)
         del acc
         # A pass counts where it added valid weight and the composite test
         # did not reject it (at the output pixel's nearest reference pixel).

@@ -31,231 +31,16 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.ndimage import maximum_filter, minimum_filter
 
-from .cfa import cell_channels
-from .kernels.accumulate import accumulate_frame, accumulate_frame_cfa, normalize, sharpen
-from .kernels.robustness import guide_image, local_stats, robustness, warp_guide
-from .kernels.structure_tensor import (
-    gaussian_weights,
-    grey_image,
-    kernel_inverse_covariance,
-    structure_tensor,
-)
+from .alignment import align
+from .fusion_params import FusionParams, sharpen_gain
 from .memory_estimate import check_fusion_memory
+from .merge import merge
 from .noise import estimate_noise
-from .registration import (
-    RegistrationParams,
-    align_frame,
-    dense_flow,
-    flow_irregularity,
-    prepare_reference,
-)
-from .validation import all_finite, as_burst, check_noise_model, check_psf_sigma, check_scale
+from .registration import RegistrationParams
+from .validation import as_burst, check_noise_model, check_psf_sigma, check_scale
 
-_NO_CELL = np.zeros((2, 2), np.int64)
-
-
-@dataclass(frozen=True)
-class FusionParams:
-    """Parameters of the kernel fusion, with defaults tuned on simulated bursts.
-
-    Tuned on :func:`mfsr.synth.simulate_burst` bursts of 8 frames (shifts up
-    to 3 px, rotations up to 0.5 degrees, optical blur 0.5 high-res px) of
-    four scenes (astronaut, coffee, chelsea, dead leaves; camera and brick
-    for grey), for Bayer at scale 1 and 2, noisy Bayer (``alpha = 4e-3``,
-    ``beta = 2e-4``) at scale 1 and grey at scale 2, maximising the PSNR gain
-    over :func:`mfsr.baselines.single_frame_upscale`.
-
-    Lengths of the kernel are in pixels of the frame's grey image: the
-    2x2-binned half-resolution grey for CFA input (one grey pixel = two raw
-    pixels), the frame itself otherwise.
-
-    Attributes
-    ----------
-    k_detail : float
-        Base kernel radius (standard deviation), grey px. Small radii keep
-        the detail the burst's sub-pixel offsets bring; the paper's 0.25 to
-        0.33 blur it, most visibly at scale 1.
-    k_denoise : float
-        Factor on ``k_detail`` for the isotropic radius in flat or noisy
-        regions (``D = 1``).
-    k_stretch : float
-        Radius along an edge: ``k_detail * k_stretch * A`` with the
-        anisotropy ``A`` in [1, 2].
-    k_shrink : float
-        Radius across an edge: ``k_detail / (k_shrink * A)``. Stronger
-        stretch/shrink (the paper's 4 and 2) smears texture of no dominant
-        orientation.
-    d_th : float
-        Offset of the detail/denoise blend ``D = clamp(1 - sqrt(l1) / T +
-        d_th, 0, 1)``, dimensionless.
-    d_tr : float
-        ``T = d_tr * sigma_g``: gradient threshold in units of the grey
-        image's noise standard deviation ``sigma_g`` at the local intensity
-        (from the noise model), so denoising follows the noise level.
-    radius_min, radius_max : float
-        Clamp of both kernel radii, grey px (keeps covariances well
-        conditioned).
-    tensor_sigma : float
-        Gaussian smoothing of the structure tensor, grey px.
-    robustness_t : float
-        Threshold ``t`` in ``R = clamp(s * exp(-d^2 / sigma^2) - t, 0, 1)``.
-    robustness_s : float
-        Gain ``s`` where the flow is regular.
-    robustness_s_irregular : float
-        Gain ``s`` where the local flow spread exceeds
-        ``irregularity_threshold``.
-    robustness_mean_taps : tuple of float
-        Separable weights of the local means compared by the robustness (on
-        the guide grid; an odd number of them, summing to 1). ``(1/4, 1/2,
-        1/4)`` cancels the Nyquist frequency, where the frame-to-frame
-        aliasing lives, so fine texture is falsely rejected less often than
-        with the paper's 3x3 box (the aliasing-induced rejections of the
-        paper's supplement S.3).
-    robustness_sigma_gain : float
-        Factor on ``sigma^2`` (local variance + noise variance); 2 here
-        rejects a moved object as well as 1 but fewer aliased textures.
-    irregularity_threshold : float
-        Flow spread (max - min of either flow component over a 3x3 tile
-        neighbourhood), input px.
-    irregularity_cell : int
-        Cell size, input px, of the spread measured on a given ``flow`` (the
-        registration's own tile grid is used when ``fuse`` registers).
-    min_filter : int
-        Side of the local-minimum window applied to the robustness, guide px
-        (odd).
-    fallback_radius : float
-        Radius of the reference-frame interpolation used where the
-        accumulated weight of a channel is below ``min_weight``, input px.
-    min_weight : float
-        Accumulated weight under which the fallback is blended in.
-    sharpen_amount : float
-        Gain of the final unsharp mask that compensates the integration of
-        every sample over one input pixel (0 disables it), where that blur
-        is undone in full: for CFA input at every scale (each colour is
-        sampled sparsely, so its merge kernels are wide), for grey and RGB
-        frames from ``sharpen_full_scale`` up (see :func:`sharpen_gain`).
-        The default suits optics that blur by about 0.5 output px. The
-        refinement network was trained on it; told the blur
-        (``fuse(..., psf_sigma=...)``) it undoes an over-sharpening.
-    sharpen_sigma : float
-        Its Gaussian, input px.
-    sharpen_noise_gate : float
-        Its gain falls where the detail energy is below this many times the
-        noise variance, so flat noisy regions are not sharpened.
-    sharpen_overshoot : float
-        How far a sharpened channel may leave the range of its unsharpened
-        3x3 neighbourhood, as a fraction of that range, and below it as a
-        fraction of the neighbourhood's minimum too (0: not at all; ``inf``:
-        no limit; :func:`mfsr.kernels.overshoot.limit_overshoot`). Without
-        the limit the mask crushes dark pixels beside bright edges to black
-        and rings around highlights; a little excursion keeps restored edges
-        steep.
-    sharpen_full_scale : float
-        Scale from which grey and RGB frames get the full ``sharpen_amount``.
-        An output pixel of scale ``s`` integrates the scene over ``1/s`` of
-        an input pixel, so what is left to undo is the box blur's excess
-        variance, ``(s^2 - 1) / 12`` output px^2: the gain grows as ``s^2 -
-        1`` from 0 at scale 1 (the frames' own integration is the output's)
-        to the full amount here. 1 gives the full amount at every scale.
-    """
-
-    k_detail: float = 0.15
-    k_denoise: float = 3.0
-    k_stretch: float = 1.0
-    k_shrink: float = 1.0
-    d_th: float = 0.3
-    d_tr: float = 2.0
-    radius_min: float = 0.08
-    radius_max: float = 2.0
-    tensor_sigma: float = 1.0
-    robustness_t: float = 0.12
-    robustness_s: float = 12.0
-    robustness_s_irregular: float = 2.0
-    robustness_mean_taps: tuple[float, ...] = (0.25, 0.5, 0.25)
-    robustness_sigma_gain: float = 2.0
-    irregularity_threshold: float = 0.8
-    irregularity_cell: int = 16
-    min_filter: int = 5
-    fallback_radius: float = 1.0
-    min_weight: float = 0.02
-    sharpen_amount: float = 0.6
-    sharpen_sigma: float = 0.8
-    sharpen_noise_gate: float = 0.3
-    sharpen_overshoot: float = 0.25
-    sharpen_full_scale: float = 2.0
-
-    def __post_init__(self) -> None:
-        # NaN fails every comparison, so each test below rejects it too
-        for names, ok, expected in (
-            (
-                ("k_detail", "k_denoise", "k_stretch", "k_shrink", "d_tr", "radius_min", "radius_max",
-                 "robustness_s", "robustness_s_irregular", "robustness_sigma_gain",
-                 "fallback_radius", "min_weight", "sharpen_sigma", "sharpen_full_scale"),
-                lambda v: 0 < v < np.inf,
-                "a finite number > 0",
-            ),
-            (
-                ("tensor_sigma", "robustness_t", "sharpen_amount", "sharpen_noise_gate"),
-                lambda v: 0 <= v < np.inf,
-                "a finite number >= 0",
-            ),
-            (("d_th",), lambda v: -np.inf < v < np.inf, "a finite number"),
-            (("irregularity_threshold",), lambda v: v > 0, "a number > 0 (inf: no flow counts as irregular)"),
-            (("sharpen_overshoot",), lambda v: v >= 0, "a number >= 0 (inf: no limit)"),
-        ):
-            for name in names:
-                v = getattr(self, name)
-                if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not ok(v):
-                    raise ValueError(f"{name}: expected {expected}, got {v!r}")
-        if self.radius_max < self.radius_min:
-            raise ValueError(f"radius_max: expected a number >= radius_min ({self.radius_min!r}), got {self.radius_max!r}")
-        v = self.irregularity_cell
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"irregularity_cell: expected an integer >= 1, got {v!r}")
-        v = self.min_filter
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 or v % 2 == 0:
-            raise ValueError(f"min_filter: expected an odd integer >= 1, got {v!r}")
-        taps = self.robustness_mean_taps
-        try:
-            t = np.asarray(taps, dtype=np.float64)
-        except (TypeError, ValueError):
-            t = np.zeros(0)
-        if t.ndim != 1 or t.size % 2 == 0 or not np.isfinite(t).all() or abs(t.sum() - 1.0) > 1e-3:
-            raise ValueError(
-                f"robustness_mean_taps: expected an odd number of finite weights summing to 1, "
-                f"e.g. (0.25, 0.5, 0.25), got {taps!r}"
-            )
-        # a tuple whatever sequence was given, so the frozen params stay hashable
-        object.__setattr__(self, "robustness_mean_taps", tuple(float(x) for x in t))
-
-
-def sharpen_gain(params: FusionParams, scale: float, cfa: str | None) -> float:
-    """Gain of the final unsharp mask for one fusion.
-
-    Parameters
-    ----------
-    params : FusionParams
-        ``sharpen_amount`` and ``sharpen_full_scale`` are read.
-    scale : float
-        Output scale of the fusion.
-    cfa : str or None
-        Bayer pattern of the input, or None for grey and RGB frames.
-
-    Returns
-    -------
-    float
-        ``sharpen_amount`` for CFA input; for grey and RGB frames
-        ``sharpen_amount * min(1, (scale^2 - 1) / (sharpen_full_scale^2 - 1))``
-        (0 at scale 1 and below), the full amount when ``sharpen_full_scale``
-        is 1 or less.
-    """
-    amount = float(params.sharpen_amount)
-    full = float(params.sharpen_full_scale)
-    if cfa is not None or full <= 1.0:
-        return amount
-    return amount * min(1.0, max(0.0, (scale * scale - 1.0) / (full * full - 1.0)))
+__all__ = ["FusionParams", "FusionResult", "fuse", "sharpen_gain"]
 
 
 @dataclass
@@ -314,30 +99,6 @@ class FusionResult:
     distortion: np.ndarray | None = None
 
 
-def _flow_spread(flow: np.ndarray, shape: tuple[int, int], guide_bin: int, cell: int) -> np.ndarray:
-    """Irregularity of the flow on the guide grid, input px.
-
-    The flow is sampled at the centres of ``cell``-px cells; the spread is the
-    larger of the two components' max - min over each cell's 3x3
-    neighbourhood (a smooth motion such as a translation or a small rotation
-    has a small spread; broken or noisy alignment has a large one).
-    """
-    h, w = flow.shape[:2]
-    c = max(1, int(cell))
-    coarse = flow[c // 2 :: c, c // 2 :: c]
-    if coarse.shape[0] == 0 or coarse.shape[1] == 0:
-        coarse = flow[:1, :1]
-    spread = np.zeros(coarse.shape[:2], np.float32)
-    for k in range(2):
-        comp = coarse[..., k]
-        spread = np.maximum(
-            spread, maximum_filter(comp, 3, mode="nearest") - minimum_filter(comp, 3, mode="nearest")
-        )
-    gy = np.minimum(((np.arange(shape[0]) + 0.5) * guide_bin) // c, spread.shape[0] - 1).astype(np.intp)
-    gx = np.minimum(((np.arange(shape[1]) + 0.5) * guide_bin) // c, spread.shape[1] - 1).astype(np.intp)
-    return np.ascontiguousarray(spread[gy[:, None], gx[None, :]], dtype=np.float32)
-
-
 def _check_noise(noise) -> tuple[float, float]:
     try:
         a, b = (float(v) for v in noise)
@@ -346,59 +107,6 @@ def _check_noise(noise) -> tuple[float, float]:
     if not (np.isfinite(a) and np.isfinite(b)) or a < 0 or b < 0:
         raise ValueError(f"noise: alpha and beta must be finite and >= 0, got {noise!r}")
     return a, b
-
-
-def _check_flow(flow, n: int, h: int, w: int, reference: int) -> np.ndarray:
-    flow = np.asarray(flow)
-    if flow.shape != (n, h, w, 2):
-        raise ValueError(f"flow: expected shape {(n, h, w, 2)} (N, H, W, 2), got {flow.shape}")
-    if not np.issubdtype(flow.dtype, np.number):
-        raise TypeError(f"flow: expected a numeric array, got dtype {flow.dtype}")
-    flow = np.ascontiguousarray(flow, dtype=np.float32)
-    if not all_finite(flow):
-        raise ValueError("flow: NaN or infinite values")
-    if np.abs(flow[reference]).max() > 1e-6:
-        raise ValueError(
-            f"flow: the reference frame ({reference}) must have zero flow, "
-            f"got max |flow| {np.abs(flow[reference]).max():.3g} px"
-        )
-    return flow
-
-
-def _register(burst, cfa, reference, registration, progress):
-    """Flow of every frame and, per frame, its tile-grid irregularity."""
-    n, h, w = burst.shape[:3]
-    flows = np.empty((n, h, w, 2), np.float32)
-    flows[reference] = 0.0
-    spreads: list = [None] * n
-    ref_pyr = prepare_reference(burst[reference], cfa, registration)
-    for k in _frames(n, progress, "register"):
-        if k == reference:
-            continue
-        motion = align_frame(ref_pyr, burst[k])
-        dense_flow(motion, (h, w), out=flows[k])
-        spreads[k] = (flow_irregularity(motion), motion)
-    return flows, spreads
-
-
-def _tile_spread_on_guide(spread: np.ndarray, motion, shape: tuple[int, int], guide_bin: int) -> np.ndarray:
-    """Nearest tile's irregularity (input px) at every guide pixel."""
-    ty, tx = spread.shape
-    g = float(motion.grid_factor)
-    out = []
-    for n_pix, centre, n_tiles in ((shape[0], motion.centre_y, ty), (shape[1], motion.centre_x, tx)):
-        r = guide_bin * (np.arange(n_pix) + 0.5) - 0.5  # input px
-        reg = (r + 0.5) / g - 0.5  # registration px
-        out.append(np.clip(np.rint((reg - centre) / motion.stride), 0, n_tiles - 1).astype(np.intp))
-    return np.ascontiguousarray(spread[out[0][:, None], out[1][None, :]], dtype=np.float32)
-
-
-def _frames(n: int, progress: bool, desc: str):
-    if not progress:
-        return range(n)
-    from tqdm.auto import tqdm
-
-    return tqdm(range(n), desc=desc, unit="frame")
 
 
 def fuse(
@@ -578,92 +286,11 @@ def fuse(
     else:
         alpha, beta = _check_noise(noise)
         check_noise_model(alpha, beta, burst[reference])
-    spreads: list = [None] * n
-    transforms = None
-    lens = None
-    ref_frame = burst[reference]
-    if geometry is not None or distortion is not None:
-        from .geometry import check_geometry_args, global_registration
-
-        check_geometry_args(geometry, distortion, (h, w))
-        if flow is not None:
-            raise ValueError(
-                "flow: a precomputed flow cannot be combined with geometry= or distortion= "
-                "(the global model is estimated from the registration)"
-            )
-        glob = global_registration(
-            burst, cfa, reference, geometry, distortion, registration,
-            frames=_frames(n, progress, "register"),
-        )
-        flows, spreads, transforms, lens = glob.flows, glob.spreads, glob.transforms, glob.distortion
-        if glob.reference_frame is not None:
-            ref_frame = glob.reference_frame
-    elif flow is None:
-        if n == 1:
-            flows = np.zeros((n, h, w, 2), np.float32)
-        else:
-            flows, spreads = _register(burst, cfa, reference, registration, progress)
-    else:
-        flows = _check_flow(flow, n, h, w, reference)
-
-    is_cfa = cfa is not None
-    cell = cell_channels(cfa) if is_cfa else _NO_CELL
-    nc = 3 if (is_cfa or burst.ndim == 4) else 1
-    grey_bin = 2 if is_cfa else 1
-    # Noise of one grey / guide pixel relative to one input sample.
-    grey_gain = 0.25 if is_cfa else (1.0 / 3.0 if nc == 3 else 1.0)
-    channel_noise = np.array([1.0, 0.5, 1.0] if is_cfa else [1.0] * nc, np.float32)
-
-    def as3(frame: np.ndarray) -> np.ndarray:
-        return frame[..., None] if frame.ndim == 2 else frame
-
-    taps = np.asarray(p.robustness_mean_taps, np.float32)
-    # with a known lens the output grid is rectified: guide and fallback use
-    # the reference resampled onto it (its own flow is nonzero then)
-    ref3 = as3(ref_frame)
-    ref_guide = guide_image(ref3, cell, is_cfa)
-    ref_mean, ref_var = local_stats(ref_guide, taps)
-    num = np.zeros((ho, wo, nc), np.float32)
-    den = np.zeros((ho, wo, 3 if is_cfa else 1), np.float32)
-    mean_rob = np.ones(n, np.float32)
-
-    for k in _frames(n, progress, "fuse"):
-        frame3 = as3(burst[k])
-        grey = grey_image(frame3, grey_bin)
-        tensor = structure_tensor(grey, p.tensor_sigma)
-        inv_cov = kernel_inverse_covariance(
-            tensor, grey, alpha * grey_gain, beta * grey_gain,
-            p.k_detail, p.k_denoise, p.k_stretch, p.k_shrink, p.d_th, p.d_tr,
-            p.radius_min, p.radius_max, float(grey_bin),
-        )
-        del tensor
-        if k == reference:
-            rob = np.ones(ref_guide.shape[1:], np.float32)
-        else:
-            warped = warp_guide(guide_image(frame3, cell, is_cfa), flows[k], grey_bin)
-            if spreads[k] is not None:
-                spread = _tile_spread_on_guide(*spreads[k], ref_guide.shape[1:], grey_bin)
-            else:
-                spread = _flow_spread(flows[k], ref_guide.shape[1:], grey_bin, p.irregularity_cell)
-            rob = robustness(
-                ref_mean, ref_var, warped, alpha, beta, channel_noise, spread,
-                p.irregularity_threshold, p.robustness_s, p.robustness_s_irregular,
-                p.robustness_t, p.min_filter, taps, p.robustness_sigma_gain,
-            )
-            del warped
-            mean_rob[k] = rob.mean()
-        if is_cfa:
-            accumulate_frame_cfa(burst[k], cell, flows[k], inv_cov, grey_bin, rob, grey_bin, scale, num, den)
-        else:
-            accumulate_frame(frame3, flows[k], inv_cov, grey_bin, rob, grey_bin, scale, num, den)
-
-    confidence = normalize(num, den, ref3, is_cfa, cell, scale, p.fallback_radius, p.min_weight, num)
-    del den
-    gain = sharpen_gain(p, scale, cfa)
-    if gain > 0:
-        sharpen(num, gaussian_weights(p.sharpen_sigma * scale), gain, alpha, beta, p.sharpen_noise_gate,
-                p.sharpen_overshoot)
-    image = num[..., 0] if nc == 1 else num
+    alignment = align(burst, cfa, reference, flow=flow, registration=registration, geometry=geometry,
+                      distortion=distortion, progress=progress)
+    merged = merge(burst, alignment, scale=scale, cfa=cfa, reference=reference, noise=(alpha, beta), params=p,
+                   progress=progress)
+    image, confidence = merged.image, merged.confidence
     refinement = None
     if refine:
         from .refine import SCALE_RANGE, refine_image
@@ -677,20 +304,20 @@ def fuse(
             )
             refine = False
     if refine:
-        refined = refine_image(image, confidence, cfa=is_cfa, scale=scale, noise=(float(alpha), float(beta)),
+        refined = refine_image(image, confidence, cfa=cfa is not None, scale=scale, noise=(float(alpha), float(beta)),
                                progress=progress, psf_sigma=psf_sigma, weights=refine_weights)
         refinement = refined - image
         image = refined
     return FusionResult(
         image=image,
         confidence=confidence,
-        flow=flows,
+        flow=alignment.flows,
         scale=scale,
         cfa=cfa,
         reference=reference,
         noise=(float(alpha), float(beta)),
-        robustness=mean_rob,
-        transforms=transforms,
-        distortion=lens,
+        robustness=merged.robustness,
+        transforms=alignment.transforms,
+        distortion=alignment.distortion,
         refinement=refinement,
     )

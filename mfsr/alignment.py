@@ -1,0 +1,176 @@
+"""The align stage: where every frame's content lies relative to the reference.
+
+:func:`align` registers a burst (the tile-wise pyramid registration of
+:mod:`mfsr.registration`, or a global model plus local residual with
+``geometry=`` / ``distortion=``, see :mod:`mfsr.geometry`) or takes a given
+flow, and hands the merge stage an :class:`Alignment`: a dense flow per frame
+and, where the registration was tile-wise, each frame's tile motion and its
+irregularity, which the robustness uses to distrust broken alignment.
+
+Conventions (docs/conventions.md): ``flows[k, i, j] = (dy, dx)``, the content
+of reference pixel ``(i, j)`` is at ``(i + dy, j + dx)`` in frame ``k``,
+input pixels; zero for the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .registration import (
+    RegistrationParams,
+    TileMotion,
+    align_frame,
+    dense_flow,
+    flow_irregularity,
+    prepare_reference,
+)
+from .validation import all_finite
+
+__all__ = ["Alignment", "TileSpread", "align", "frame_progress"]
+
+
+@dataclass(frozen=True)
+class TileSpread:
+    """A frame's tile-wise motion and how irregular it is.
+
+    Attributes
+    ----------
+    irregularity : ndarray of float32, shape (Ty, Tx)
+        Per tile, the spread of the neighbouring tiles' displacements, input px
+        (:func:`mfsr.registration.flow_irregularity`).
+    motion : TileMotion
+        The tile grid the irregularity lives on.
+    """
+
+    irregularity: np.ndarray
+    motion: TileMotion
+
+
+@dataclass
+class Alignment:
+    """Output of :func:`align`, input of :func:`mfsr.merge.merge`.
+
+    Attributes
+    ----------
+    flows : ndarray of float32, shape (N, H, W, 2)
+        Dense flow of every frame, (dy, dx) in input pixels.
+    spreads : list of (TileSpread or None), length N
+        Tile motion of each frame where the registration was tile-wise; None
+        for the reference, for a given flow and for a single frame (the
+        merge then measures the irregularity on the dense flow).
+    transforms : ndarray of float64, shape (N, 3, 3), or None
+        Global transforms with ``geometry=`` (see :class:`mfsr.FusionResult`).
+    distortion : ndarray of float64, shape (N, 5), or None
+        Lens coefficients with ``distortion=``.
+    reference_frame : ndarray of float32, or None
+        With known lens coefficients, the reference resampled onto the
+        rectified output grid (the merge's guide); None otherwise.
+    """
+
+    flows: np.ndarray
+    spreads: list = field(default_factory=list)
+    transforms: np.ndarray | None = None
+    distortion: np.ndarray | None = None
+    reference_frame: np.ndarray | None = None
+
+
+def align(
+    burst: np.ndarray,
+    cfa: str | None,
+    reference: int,
+    *,
+    flow: np.ndarray | None = None,
+    registration: RegistrationParams | None = None,
+    geometry: str | None = None,
+    distortion=None,
+    progress: bool = False,
+) -> Alignment:
+    """Register every frame of a validated burst to its reference.
+
+    Parameters
+    ----------
+    burst : ndarray of float32, shape (N, H, W) or (N, H, W, 3)
+        Frames as returned by :func:`mfsr.validation.as_burst`.
+    cfa : str or None
+        Bayer pattern of single-channel mosaics.
+    reference : int
+        Index of the reference frame.
+    flow : ndarray, shape (N, H, W, 2), optional
+        A precomputed flow to use instead of registering (zero for the
+        reference).
+    registration : RegistrationParams, optional
+    geometry, distortion
+        As for :func:`mfsr.fuse`: a global model and lens correction first,
+        local registration of the residual.
+    progress : bool
+        Show a progress bar over the frames.
+
+    Returns
+    -------
+    Alignment
+
+    Raises
+    ------
+    ValueError
+        On a flow of the wrong shape, with NaN, with a nonzero reference, or
+        given together with ``geometry`` / ``distortion``.
+    """
+    n, h, w = burst.shape[:3]
+    if geometry is not None or distortion is not None:
+        from .geometry import check_geometry_args, global_registration
+
+        check_geometry_args(geometry, distortion, (h, w))
+        if flow is not None:
+            raise ValueError(
+                "flow: a precomputed flow cannot be combined with geometry= or distortion= "
+                "(the global model is estimated from the registration)"
+            )
+        glob = global_registration(
+            burst, cfa, reference, geometry, distortion, registration,
+            frames=frame_progress(n, progress, "register"),
+        )
+        return Alignment(glob.flows, [None if s is None else TileSpread(*s) for s in glob.spreads],
+                         glob.transforms, glob.distortion, glob.reference_frame)
+    if flow is not None:
+        return Alignment(_check_flow(flow, n, h, w, reference), [None] * n)
+    if n == 1:
+        return Alignment(np.zeros((n, h, w, 2), np.float32), [None])
+    flows = np.empty((n, h, w, 2), np.float32)
+    flows[reference] = 0.0
+    spreads: list = [None] * n
+    ref_pyr = prepare_reference(burst[reference], cfa, registration)
+    for k in frame_progress(n, progress, "register"):
+        if k == reference:
+            continue
+        motion = align_frame(ref_pyr, burst[k])
+        dense_flow(motion, (h, w), out=flows[k])
+        spreads[k] = TileSpread(flow_irregularity(motion), motion)
+    return Alignment(flows, spreads)
+
+
+def frame_progress(n: int, progress: bool, desc: str):
+    """``range(n)``, with a tqdm bar labelled ``desc`` when ``progress``."""
+    if not progress:
+        return range(n)
+    from tqdm.auto import tqdm
+
+    return tqdm(range(n), desc=desc, unit="frame")
+
+
+def _check_flow(flow, n: int, h: int, w: int, reference: int) -> np.ndarray:
+    flow = np.asarray(flow)
+    if flow.shape != (n, h, w, 2):
+        raise ValueError(f"flow: expected shape {(n, h, w, 2)} (N, H, W, 2), got {flow.shape}")
+    if not np.issubdtype(flow.dtype, np.number):
+        raise TypeError(f"flow: expected a numeric array, got dtype {flow.dtype}")
+    flow = np.ascontiguousarray(flow, dtype=np.float32)
+    if not all_finite(flow):
+        raise ValueError("flow: NaN or infinite values")
+    if np.abs(flow[reference]).max() > 1e-6:
+        raise ValueError(
+            f"flow: the reference frame ({reference}) must have zero flow, "
+            f"got max |flow| {np.abs(flow[reference]).max():.3g} px"
+        )
+    return flow
