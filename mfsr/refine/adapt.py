@@ -49,10 +49,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..alignment import align
 from ..cfa import channel_map, check_pattern
-from ..fusion import fuse
 from ..held_out import frame_centres, held_out_psnr
+from ..merge import merge
+from ..noise import estimate_noise
 from ..registration import register
+from ..validation import as_burst
 from ._features import confidence_reference, global_features, pixel_features
 from ._inference import native_bf16, refine_image
 from ._network import RefineNet
@@ -213,9 +216,12 @@ def held_out_frames(
     out = []
     for k in picks:
         others = [i for i in range(n) if i != k]
-        res = fuse(frames[others], scale=s, cfa=cfa, reference=others.index(reference), refine=False,
-                   flow=flows[others])
-        out.append(HeldOutFrame(burst=name, frame=k, image=res.image, confidence=res.confidence, noise=res.noise,
+        # The align and merge stages as mfsr.fuse runs them, on the known flow.
+        kept, kept_cfa, ref = as_burst(frames[others], cfa, others.index(reference))
+        noise = tuple(float(v) for v in estimate_noise(kept[ref], kept_cfa))
+        res = merge(kept, align(kept, kept_cfa, ref, flow=flows[others]), scale=s, cfa=kept_cfa, reference=ref,
+                    noise=noise)
+        out.append(HeldOutFrame(burst=name, frame=k, image=res.image, confidence=res.confidence, noise=noise,
                                 target=np.ascontiguousarray(frames[k], np.float32), flow=flows[k], cfa=cfa, scale=s))
     return out
 

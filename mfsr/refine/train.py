@@ -87,11 +87,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..fusion import fuse
+from ..alignment import align
+from ..merge import merge
 from ..metrics import psnr, ssim
+from ..noise import estimate_noise
 from ..pixel_area import block_mean
 from ..synth import dead_leaves, sample_image, simulate_burst
 from ..transfer import REC709_LUMA, srgb_to_linear
+from ..validation import as_burst
 from ._features import PSF_FEATURE_MAX, confidence_reference, global_features, pixel_features
 from ._network import RefineNet, n_globals_of, widen_globals
 from ._weights import MODES, save_weights, sha256_file, weights_entry
@@ -310,15 +313,18 @@ def draw_burst(rng, pool, mode: str | None = None, scale: float | None = None) -
 def make_example(burst, cfg: dict) -> Example:
     """Fuse a simulated burst with the default pipeline and build the network inputs."""
     t0 = time.perf_counter()
-    res = fuse(burst.frames, scale=burst.scale, cfa=burst.cfa, refine=False)
+    # The align and merge stages exactly as mfsr.fuse runs them before its refinement.
+    frames, cfa, ref = as_burst(burst.frames, burst.cfa, 0)
+    noise = tuple(float(v) for v in estimate_noise(frames[ref], cfa))
+    res = merge(frames, align(frames, cfa, ref), scale=burst.scale, cfa=cfa, reference=ref, noise=noise)
     dt = time.perf_counter() - t0
     grey = res.image.ndim == 2
     conf_ref = confidence_reference(res.confidence)
-    planes = pixel_features(res.image, res.confidence, conf_ref=conf_ref, noise=res.noise)
+    planes = pixel_features(res.image, res.confidence, conf_ref=conf_ref, noise=noise)
     g = global_features(cfa=burst.cfa is not None, grey=grey, scale=burst.scale, conf_ref=conf_ref)
     truth = burst.ground_truth
     truth = np.repeat(truth[None], 3, 0) if truth.ndim == 2 else np.moveaxis(truth, 2, 0)
-    info = dict(cfg, fuse_s=dt, noise_est=res.noise)
+    info = dict(cfg, fuse_s=dt, noise_est=noise)
     return Example(planes, g, np.ascontiguousarray(truth, np.float32), grey, info)
 
 
