@@ -52,14 +52,23 @@ class TileSpread:
 class Alignment:
     """Output of :func:`align`, input of :func:`mfsr.merge.merge`.
 
+    A tile-wise registration is kept at tile resolution: the dense flow of
+    frame ``k`` is made when the merge needs it (:meth:`frame_flow`, into a
+    buffer reused across frames), and the whole (N, H, W, 2) array only when
+    :attr:`flows` is read. That keeps the merge's memory flat in the number
+    of frames.
+
     Attributes
     ----------
-    flows : ndarray of float32, shape (N, H, W, 2)
-        Dense flow of every frame, (dy, dx) in input pixels.
+    frame_shape : (int, int)
+        (H, W) of the input frames (the mosaic for CFA input).
     spreads : list of (TileSpread or None), length N
         Tile motion of each frame where the registration was tile-wise; None
         for the reference, for a given flow and for a single frame (the
         merge then measures the irregularity on the dense flow).
+    dense : ndarray of float32, shape (N, H, W, 2), or None
+        The dense flow where it exists from the start (a given flow, a
+        global model) or once :attr:`flows` was read.
     transforms : ndarray of float64, shape (N, 3, 3), or None
         Global transforms with ``geometry=`` (see :class:`mfsr.FusionResult`).
     distortion : ndarray of float64, shape (N, 5), or None
@@ -69,11 +78,40 @@ class Alignment:
         rectified output grid (the merge's guide); None otherwise.
     """
 
-    flows: np.ndarray
+    frame_shape: tuple[int, int]
     spreads: list = field(default_factory=list)
+    dense: np.ndarray | None = None
     transforms: np.ndarray | None = None
     distortion: np.ndarray | None = None
     reference_frame: np.ndarray | None = None
+
+    def frame_flow(self, k: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Dense flow of frame ``k``, shape (H, W, 2), (dy, dx) input px.
+
+        ``out`` (float32, C-contiguous, (H, W, 2)) is filled and returned
+        when the flow has to be made from tile motion; otherwise a view of
+        :attr:`dense` (or zeros for a frame without motion) is returned.
+        """
+        if self.dense is not None:
+            return self.dense[k]
+        spread = self.spreads[k]
+        if spread is None:
+            if out is None:
+                return np.zeros((*self.frame_shape, 2), np.float32)
+            out[...] = 0.0
+            return out
+        return dense_flow(spread.motion, self.frame_shape, out=out)
+
+    @property
+    def flows(self) -> np.ndarray:
+        """Dense flow of every frame, float32 (N, H, W, 2); made on first access and kept."""
+        if self.dense is None:
+            n = len(self.spreads)
+            dense = np.empty((n, *self.frame_shape, 2), np.float32)
+            for k in range(n):
+                self.frame_flow(k, out=dense[k])
+            self.dense = dense
+        return self.dense
 
 
 def align(
@@ -131,23 +169,18 @@ def align(
             burst, cfa, reference, geometry, distortion, registration,
             frames=frame_progress(n, progress, "register"),
         )
-        return Alignment(glob.flows, [None if s is None else TileSpread(*s) for s in glob.spreads],
+        return Alignment((h, w), [None if s is None else TileSpread(*s) for s in glob.spreads], glob.flows,
                          glob.transforms, glob.distortion, glob.reference_frame)
     if flow is not None:
-        return Alignment(_check_flow(flow, n, h, w, reference), [None] * n)
-    if n == 1:
-        return Alignment(np.zeros((n, h, w, 2), np.float32), [None])
-    flows = np.empty((n, h, w, 2), np.float32)
-    flows[reference] = 0.0
+        return Alignment((h, w), [None] * n, _check_flow(flow, n, h, w, reference))
     spreads: list = [None] * n
-    ref_pyr = prepare_reference(burst[reference], cfa, registration)
-    for k in frame_progress(n, progress, "register"):
-        if k == reference:
-            continue
-        motion = align_frame(ref_pyr, burst[k])
-        dense_flow(motion, (h, w), out=flows[k])
-        spreads[k] = TileSpread(flow_irregularity(motion), motion)
-    return Alignment(flows, spreads)
+    if n > 1:
+        ref_pyr = prepare_reference(burst[reference], cfa, registration)
+        for k in frame_progress(n, progress, "register"):
+            if k != reference:
+                motion = align_frame(ref_pyr, burst[k])
+                spreads[k] = TileSpread(flow_irregularity(motion), motion)
+    return Alignment((h, w), spreads)
 
 
 def frame_progress(n: int, progress: bool, desc: str):

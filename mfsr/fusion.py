@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .alignment import align
+from .alignment import Alignment, align
 from .fusion_params import FusionParams, sharpen_gain
 from .memory_estimate import check_fusion_memory
 from .merge import merge
@@ -56,7 +56,9 @@ class FusionResult:
         and samples (all colour channels for CFA input).
     flow : ndarray of float32, shape (N, H, W, 2)
         Flow used for each frame (convention of docs/conventions.md), zero
-        for the reference.
+        for the reference. After a tile-wise registration it is made from
+        the tile motion on first access (``alignment``), so a fusion that
+        never reads it never holds N dense flows.
     scale : float
         Output pixels per input pixel.
     cfa : str or None
@@ -84,11 +86,14 @@ class FusionResult:
         frame: the given lens with ``distortion=`` coefficients, the
         estimated radial distortion relative to the reference (k1 only, zero
         for the reference) with ``distortion="estimate"``; None otherwise.
+    alignment : Alignment or None
+        The align stage's result (tile motion per frame) that ``flow`` is
+        made from when read.
     """
 
     image: np.ndarray
     confidence: np.ndarray
-    flow: np.ndarray
+    flow: np.ndarray | None = field(repr=False)
     scale: float
     cfa: str | None
     reference: int
@@ -97,6 +102,22 @@ class FusionResult:
     transforms: np.ndarray | None = None
     refinement: np.ndarray | None = None
     distortion: np.ndarray | None = None
+    alignment: Alignment | None = field(default=None, repr=False, compare=False)
+
+
+def _result_flow(self: FusionResult) -> np.ndarray | None:
+    if self._flow is None and self.alignment is not None:
+        self._flow = self.alignment.flows
+    return self._flow
+
+
+def _set_result_flow(self: FusionResult, value) -> None:
+    self._flow = value
+
+
+# A property over the dataclass field: the constructor still takes flow=,
+# reading it makes the dense flow from the alignment only then.
+FusionResult.flow = property(_result_flow, _set_result_flow, doc="Flow of every frame, (N, H, W, 2) float32.")
 
 
 def _check_noise(noise) -> tuple[float, float]:
@@ -311,7 +332,7 @@ def fuse(
     return FusionResult(
         image=image,
         confidence=confidence,
-        flow=alignment.flows,
+        flow=alignment.dense,
         scale=scale,
         cfa=cfa,
         reference=reference,
@@ -320,4 +341,5 @@ def fuse(
         transforms=alignment.transforms,
         distortion=alignment.distortion,
         refinement=refinement,
+        alignment=alignment,
     )

@@ -188,7 +188,8 @@ def merge(
     alpha, beta = float(noise[0]), float(noise[1])
     n, h, w = burst.shape[:3]
     ho, wo = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
-    flows, spreads = alignment.flows, alignment.spreads
+    spreads = alignment.spreads
+    flow_buf = np.empty((h, w, 2), np.float32)
     ref_frame = burst[reference] if alignment.reference_frame is None else alignment.reference_frame
 
     is_cfa = cfa is not None
@@ -214,16 +215,17 @@ def merge(
 
     for k in frame_progress(n, progress, "fuse"):
         frame3 = as3(burst[k])
+        flow = alignment.frame_flow(k, out=flow_buf)
         inv_cov = frame_kernels(frame3, grey_bin, (alpha * grey_gain, beta * grey_gain), p)
         if k == reference:
             rob = np.ones(ref_guide.shape[1:], np.float32)
         else:
-            warped = warp_guide(guide_image(frame3, cell, is_cfa), flows[k], grey_bin)
+            warped = warp_guide(guide_image(frame3, cell, is_cfa), flow, grey_bin)
             if spreads[k] is not None:
                 spread = _tile_spread_on_guide(spreads[k].irregularity, spreads[k].motion, ref_guide.shape[1:],
                                                grey_bin)
             else:
-                spread = _flow_spread(flows[k], ref_guide.shape[1:], grey_bin, p.irregularity_cell)
+                spread = _flow_spread(flow, ref_guide.shape[1:], grey_bin, p.irregularity_cell)
             rob = robustness(
                 ref_mean, ref_var, warped, alpha, beta, channel_noise, spread,
                 p.irregularity_threshold, p.robustness_s, p.robustness_s_irregular,
@@ -232,9 +234,9 @@ def merge(
             del warped
             mean_rob[k] = rob.mean()
         if is_cfa:
-            accumulate(burst[k], flows[k], inv_cov, rob, scale, num, den, cell=cell, grey_bin=grey_bin)
+            accumulate(burst[k], flow, inv_cov, rob, scale, num, den, cell=cell, grey_bin=grey_bin)
         else:
-            accumulate(frame3, flows[k], inv_cov, rob, scale, num, den)
+            accumulate(frame3, flow, inv_cov, rob, scale, num, den)
 
     confidence = normalize(num, den, ref3, is_cfa, cell, scale, p.fallback_radius, p.min_weight, num)
     del den
