@@ -111,8 +111,8 @@ def run_moving_object(name: str, images: list[str], size: int) -> tuple[list[flo
         mask[:CROP], mask[-CROP:], mask[:, :CROP], mask[:, -CROP:] = False, False, False, False
         single = single_frame_upscale(burst.frames[burst.reference], burst.scale, cfa=burst.cfa)
         fused = fuse(burst.frames, refine=False, scale=burst.scale, cfa=burst.cfa).image
-        single_scores.append(psnr(single, burst.ground_truth, mask=mask))
-        fused_scores.append(psnr(fused, burst.ground_truth, mask=mask))
+        single_scores.append(psnr(single, burst.ground_truth, valid=mask))
+        fused_scores.append(psnr(fused, burst.ground_truth, valid=mask))
     return single_scores, fused_scores
 
 

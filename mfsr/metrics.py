@@ -14,6 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from .cfa import mosaic
+from .deprecation import renamed_argument
 from .pixel_area import apply_separable, area_weights, box_sample
 from .validation import check_scale
 
@@ -46,6 +47,7 @@ def psnr(
     *,
     data_range: float = 1.0,
     crop: int = 0,
+    valid: np.ndarray | None = None,
     mask: np.ndarray | None = None,
 ) -> float:
     """Peak signal-to-noise ratio of one image, over all its channels.
@@ -57,26 +59,29 @@ def psnr(
         Peak value (1 for images in [0, 1]).
     crop : int
         Border pixels removed on every side before comparing.
-    mask : ndarray of bool, shape (H, W), optional
-        Only pixels where ``mask`` is True count (all channels of them).
+    valid : ndarray of bool, shape (H, W), optional
+        Only pixels where ``valid`` is True count (all channels of them).
+    mask : ndarray of bool, optional
+        Deprecated name of ``valid`` (same polarity: True = counted).
 
     Returns
     -------
     psnr : float
         ``10 log10(data_range^2 / MSE)`` in dB; ``inf`` for identical images.
     """
+    valid = renamed_argument("psnr", "mask", mask, "valid", valid)
     a, b = _check_pair(image, truth)
     d2 = (a - b) ** 2
     if d2.ndim == 3:
         d2 = d2.mean(axis=2)
-    if mask is not None:
-        m = np.asarray(mask, dtype=bool)
+    if valid is not None:
+        m = np.asarray(valid, dtype=bool)
         if m.shape != a.shape[:2]:
-            raise ValueError(f"mask: shape {m.shape} differs from image shape {a.shape[:2]}")
+            raise ValueError(f"valid: shape {m.shape} differs from image shape {a.shape[:2]}")
         m = _crop(m, crop)
         d2 = _crop(d2, crop)[m]
         if d2.size == 0:
-            raise ValueError("mask: selects no pixel")
+            raise ValueError("valid: selects no pixel")
     else:
         d2 = _crop(d2, crop)
     mse = float(d2.mean())

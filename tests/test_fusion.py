@@ -22,8 +22,8 @@ def _gain(burst, **kw):
     base = single_frame_upscale(burst.frames[burst.reference], burst.scale, cfa=burst.cfa)
     mask = kw.pop("_mask", None)
     return (
-        psnr(res.image, burst.ground_truth, crop=CROP, mask=mask)
-        - psnr(base, burst.ground_truth, crop=CROP, mask=mask)
+        psnr(res.image, burst.ground_truth, crop=CROP, valid=mask)
+        - psnr(base, burst.ground_truth, crop=CROP, valid=mask)
     ), res
 
 
@@ -207,12 +207,12 @@ def test_moving_object_does_not_ghost(cfa, scale):
     base = single_frame_upscale(burst.frames[0], scale, cfa=cfa)
     res = fuse(burst.frames, scale=scale, cfa=cfa, flow=burst.flow)
     m = burst.motion_mask
-    assert psnr(res.image, burst.ground_truth, crop=CROP, mask=m) >= psnr(base, burst.ground_truth, crop=CROP, mask=m)
+    assert psnr(res.image, burst.ground_truth, crop=CROP, valid=m) >= psnr(base, burst.ground_truth, crop=CROP, valid=m)
     # Without robustness the moved patch ghosts into the merge.
     off = replace(FusionParams(), robustness_t=0.0, robustness_s=1e9, robustness_s_irregular=1e9)
     ghost = fuse(burst.frames, scale=scale, cfa=cfa, flow=burst.flow, params=off)
-    p_res = psnr(res.image, burst.ground_truth, crop=CROP, mask=m)
-    assert psnr(ghost.image, burst.ground_truth, crop=CROP, mask=m) < p_res - (1.0 if cfa else 0.0)
+    p_res = psnr(res.image, burst.ground_truth, crop=CROP, valid=m)
+    assert psnr(ghost.image, burst.ground_truth, crop=CROP, valid=m) < p_res - (1.0 if cfa else 0.0)
     # The frame with the moved object (the last one) is the most rejected.
     assert res.robustness[-1] < res.robustness[1:-1].min()
 

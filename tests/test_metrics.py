@@ -43,10 +43,15 @@ def test_psnr_mask():
     b[:5] += 0.1
     m = np.zeros((10, 10), bool)
     m[5:] = True
-    assert psnr(b, a, mask=m) == math.inf
-    assert psnr(b, a, mask=~m) == pytest.approx(20.0, abs=1e-4)
-    with pytest.raises(ValueError, match="mask"):
-        psnr(b, a, mask=np.ones((3, 3), bool))
+    assert psnr(b, a, valid=m) == math.inf
+    assert psnr(b, a, valid=~m) == pytest.approx(20.0, abs=1e-4)
+    with pytest.raises(ValueError, match="^valid: shape"):
+        psnr(b, a, valid=np.ones((3, 3), bool))
+    # the old name keeps its meaning, with a DeprecationWarning
+    with pytest.warns(DeprecationWarning, match="mask= is deprecated, use valid="):
+        assert psnr(b, a, mask=m) == math.inf
+    with pytest.raises(TypeError, match="give valid= only"):
+        psnr(b, a, valid=m, mask=m)
     with pytest.raises(ValueError, match="image"):
         psnr(a, a[:5])
 
