@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from mfsr.fusion import FusionParams
+from mfsr.memory_estimate import require_memory
 from mfsr.validation import check_scale
 
 from .coregister import estimate_shift
@@ -757,6 +758,18 @@ def _check_options(n, reference, tile, max_shift, min_correlation, back_projecti
     return reference, int(tile), int(max_shift), min_correlation, int(back_projection), params
 
 
+def _check_tile_memory(infos, n_bands: int, scale: float, tile: int) -> None:
+    """Refuse a scale at which even one tile cannot fit in memory, before any pixel is read."""
+    th = min(int(tile), max(i.height for i in infos)) + 2 * HALO
+    tw = min(int(tile), max(i.width for i in infos)) + 2 * HALO
+    out_px = (th * scale) * (tw * scale)
+    # Per output pixel: sums, weights, count, bounds and the finishing copies,
+    # about (C + 6) float32 maps three times over; per input pixel of every
+    # pass its bands, validity and working maps.
+    need = 12.0 * (n_bands + 6) * out_px + 4.0 * (n_bands + 12) * th * tw * len(infos)
+    require_memory(need, f"scale: fusing tiles of {tw}x{th} input px at scale {scale:g}")
+
+
 def _check_workers(workers) -> int:
     # The Numba kernels of one tile already use every core; a second tile
     # in flight overlaps I/O and single-threaded NumPy work (measured on 2
@@ -792,6 +805,7 @@ def _plan_fusion(
     The result's output paths are None.
     """
     n = len(infos)
+    _check_tile_memory(infos, len(band_idx), scale, tile)
     clear_scores = None
     if reference is None:
         reference, reason, clear_scores = _choose_reference(

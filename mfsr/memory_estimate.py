@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["available_memory", "check_fusion_memory", "fusion_memory"]
+__all__ = ["available_memory", "check_fusion_memory", "fusion_memory", "require_memory"]
 
 _GIB = 1 << 30
 # Peak bytes per byte of the float32 burst and of the float32 output image.
@@ -83,16 +83,32 @@ def check_fusion_memory(n_frames: int, height: int, width: int, channels: int, o
         Naming ``scale`` and the frame size, the estimate and what is
         available, and how to override it.
     """
-    limit = available_memory()
-    if limit is None:
-        return
     need = fusion_memory(n_frames, height, width, channels, out_height, out_width, out_channels)
-    if need > limit:
+    require_memory(need, f"scale: fusing {n_frames} frame(s) of {width}x{height} at scale {scale:g} "
+                         f"({out_width}x{out_height} output)")
+
+
+def require_memory(need: float, what: str) -> None:
+    """Raise if ``need`` bytes exceed the available memory.
+
+    Parameters
+    ----------
+    need : float
+        Estimated bytes.
+    what : str
+        The work, starting with the argument that sets its size
+        (``"scale: fusing ..."``), for the message.
+
+    Raises
+    ------
+    MemoryError
+    """
+    limit = available_memory()
+    if limit is not None and need > limit:
         raise MemoryError(
-            f"scale: fusing {n_frames} frame(s) of {width}x{height} at scale {scale:g} "
-            f"({out_width}x{out_height} output) needs about {need / _GIB:.1f} GiB of memory, "
-            f"{limit / _GIB:.1f} GiB are available; use a smaller scale or fewer/smaller frames "
-            "(MFSR_MAX_MEMORY=GiB overrides the limit, 0 switches the check off)"
+            f"{what} needs about {need / _GIB:.1f} GiB of memory, {limit / _GIB:.1f} GiB are available; "
+            "use a smaller scale or fewer/smaller inputs (MFSR_MAX_MEMORY=GiB overrides the limit, "
+            "0 switches the check off)"
         )
 
 

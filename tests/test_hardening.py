@@ -327,3 +327,13 @@ def test_geo_fill_values_are_masked_not_fused(fill, tmp_path):
     assert np.isfinite(out).all()
     assert res.valid_fractions[0] < 0.95 and res.valid_fractions[2] == 1.0  # counted as invalid
     assert out.min() >= outs["clean"].min() - 0.05 and out.max() <= outs["clean"].max() + 0.05
+
+
+def test_geo_scale_1000_is_refused_before_reading(tmp_path, capsys):
+    for k in range(2):
+        _geo_pass(tmp_path / f"p{k}.tif", np.full((64, 64), 0.5))
+    before = _hashes(tmp_path)
+    rc, res = _run(["fuse", tmp_path / "p0.tif", tmp_path / "p1.tif", "-o", tmp_path / "o.tif", "--scale", "1000",
+                    "-q"], capsys)
+    assert rc == 2 and "scale: fusing tiles of" in res.err and "GiB of memory" in res.err
+    assert _hashes(tmp_path) == before
