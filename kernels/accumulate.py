@@ -447,8 +447,9 @@ def normalize(
     inv_r2 = 1.0 / (radius * radius)
     conf = np.empty((ho, wo), np.float32)
     for yo in prange(ho):
-        fb = np.zeros(3, np.float64)
-        fw = np.zeros(3, np.float64)
+        # reset per pixel below (np.zeros here would be a loop of its own)
+        fb = np.empty(3, np.float64)
+        fw = np.empty(3, np.float64)
         ry = (yo + 0.5) * inv_s - 0.5
         for xo in range(wo):
             total = np.float32(0.0)
@@ -556,23 +557,34 @@ def sharpen(
     b = np.float32(noise_beta)
     gate = np.float32(noise_gate)
     amt = np.float32(amount)
-    # The gain per pixel replaces the blurred luminance (no longer needed).
+    # not `< inf`: fastmath lets the compiler assume no value is infinite
+    unlimited = not overshoot <= 1e30
+    # The gain per pixel replaces the blurred luminance (no longer needed);
+    # without a limit it is added to every channel in the same pass.
     for y in prange(ho):
         for x in range(wo):
             m = lum[0, y, x]
             d = m - blurred[0, y, x]
             e = d * d
             n2 = gate * max(a * m + b, np.float32(0.0))
-            blurred[0, y, x] = amt * e / (e + n2 + np.float32(1e-20)) * d
-    gain = blurred[0]
-    # not `< inf`: fastmath lets the compiler assume no value is infinite
-    if not overshoot <= 1e30:
-        for y in prange(ho):
-            for x in range(wo):
+            g = amt * e / (e + n2 + np.float32(1e-20)) * d
+            blurred[0, y, x] = g
+            if unlimited:
                 for c in range(nc):
-                    image[y, x, c] += gain[y, x]
+                    image[y, x, c] += g
+    if unlimited:
         return
-    _add_clamped(image, gain, overshoot)
+    _add_clamped(image, blurred[0], overshoot)
+
+
+@njit(cache=True, inline="always")
+def _copy_row(dst: np.ndarray, src: np.ndarray) -> None:
+    # dst[:] = src for one (W, C) row, as a plain loop: a slice assignment
+    # would compile a broadcasting check with its error message (string
+    # formatting) and, in a parallel kernel, a parfor of its own.
+    for x in range(dst.shape[0]):
+        for c in range(dst.shape[1]):
+            dst[x, c] = src[x, c]
 
 
 @njit(cache=True, parallel=True, fastmath=True)
@@ -584,29 +596,31 @@ def _add_clamped(image: np.ndarray, gain: np.ndarray, overshoot: float) -> None:
     # any block starts, so no full copy of the image is needed.
     ho, wo, nc = image.shape
     nb = min(_BLOCKS, ho)
-    edges = np.linspace(0, ho, nb + 1).astype(np.int64)
     above = np.empty((nb, wo, nc), np.float32)
     below = np.empty((nb, wo, nc), np.float32)
-    for k in prange(nb):
-        y0, y1 = edges[k], edges[k + 1]
-        above[k] = image[max(y0 - 1, 0)]
-        below[k] = image[min(y1, ho - 1)]
+    # a few rows: not worth a parallel loop
+    for k in range(nb):
+        _copy_row(above[k], image[max(k * ho // nb - 1, 0)])
+        _copy_row(below[k], image[min((k + 1) * ho // nb, ho - 1)])
     ov = np.float32(overshoot)
     rel = np.float32(1.0 - min(overshoot, 1.0))
     for k in prange(nb):
-        y0, y1 = edges[k], edges[k + 1]
+        y0, y1 = k * ho // nb, (k + 1) * ho // nb
         if y1 <= y0:
             continue
-        prev = above[k].copy()
-        cur = image[y0].copy()
+        # Three row buffers that rotate: up, current, next (unsharpened).
+        prev = np.empty((wo, nc), np.float32)
+        cur = np.empty((wo, nc), np.float32)
         nxt = np.empty((wo, nc), np.float32)
+        _copy_row(prev, above[k])
+        _copy_row(cur, image[y0])
         for y in range(y0, y1):
             if y + 1 >= ho:
-                nxt[:] = cur  # the bottom border repeats the last row, as the 3x3 window clips
+                _copy_row(nxt, cur)  # the bottom border repeats the last row, as the 3x3 window clips
             elif y + 1 < y1:
-                nxt[:] = image[y + 1]
+                _copy_row(nxt, image[y + 1])
             else:
-                nxt[:] = below[k]
+                _copy_row(nxt, below[k])
             up = prev if y > 0 else cur
             for x in range(wo):
                 x0, x1 = max(x - 1, 0), min(x + 2, wo)
@@ -617,5 +631,4 @@ def _add_clamped(image: np.ndarray, gain: np.ndarray, overshoot: float) -> None:
                         lo = min(lo, up[xx, c], cur[xx, c], nxt[xx, c])
                         hi = max(hi, up[xx, c], cur[xx, c], nxt[xx, c])
                     image[y, x, c] = clamp_to_range(cur[x, c] + gain[y, x], lo, hi, ov, rel)
-            prev[:] = cur
-            cur[:] = nxt
+            prev, cur, nxt = cur, nxt, prev

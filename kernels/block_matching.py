@@ -209,10 +209,14 @@ def block_match(
                     s1 = np.float32(0.0)
                     s2 = np.float32(0.0)
                     for i in range(tile):
+                        # One call site: the inlined body is compiled once.
                         if inside:
-                            c0, c1, c2 = _row_cost3(ref[y0 + i], x0, moving[wy0 + sy + i], wx0, tile, use_l1)
+                            mr = moving[wy0 + sy + i]
+                            mo = wx0
                         else:
-                            c0, c1, c2 = _row_cost3(ref[y0 + i], x0, mbuf[sy + i], 0, tile, use_l1)
+                            mr = mbuf[sy + i]
+                            mo = 0
+                        c0, c1, c2 = _row_cost3(ref[y0 + i], x0, mr, mo, tile, use_l1)
                         s0 += c0
                         s1 += c1
                         s2 += c2

@@ -44,9 +44,16 @@ def gradients(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         edges, zero along an axis of length 1).
     """
     h, w = image.shape
-    gy = np.zeros((h, w), np.float32)
-    gx = np.zeros((h, w), np.float32)
+    # zeroed in the loop, only along an axis of length 1: np.zeros would be
+    # a parallel loop of its own
+    gy = np.empty((h, w), np.float32)
+    gx = np.empty((h, w), np.float32)
     for y in prange(h):
+        if h == 1:
+            for x in range(w):
+                gy[y, x] = 0.0
+        if w == 1:
+            gx[y, 0] = 0.0
         if h > 1:
             if y == 0:
                 for x in range(w):
@@ -255,7 +262,7 @@ def lk_refine(
     """
     n_ty, n_tx = init.shape[0], init.shape[1]
     out = np.empty((n_ty, n_tx, 2), np.float32)
-    sd = np.full((n_ty, n_tx), np.inf, np.float32)
+    sd = np.empty((n_ty, n_tx), np.float32)
     w_sum = np.float32(0.0)
     for i in range(tile):
         for j in range(tile):
@@ -270,6 +277,7 @@ def lk_refine(
             p0x = np.float64(init[ti, tj, 1])
             out[ti, tj, 0] = p0y
             out[ti, tj, 1] = p0x
+            sd[ti, tj] = np.inf
             hyy = np.float64(hess[ti, tj, 0])
             hyx = np.float64(hess[ti, tj, 1])
             hxx = np.float64(hess[ti, tj, 2])

@@ -89,29 +89,29 @@ def downsample(image: np.ndarray, factor: int) -> np.ndarray:
     wc = w // factor
     k = _taps(factor)
     nt = factor + 2
-    # Vertical pass straight to the decimated rows (whole contiguous rows,
-    # vectorises), then the horizontal pass on those few rows only.
-    tmp = np.empty((hc, w), np.float32)
+    # Per coarse row, in one parallel loop: the vertical pass straight to
+    # the decimated row (whole contiguous rows, vectorises) in a row buffer,
+    # then the horizontal pass on that row only.
+    out = np.empty((hc, wc), np.float32)
     for i in prange(hc):
+        tmp = np.empty(w, np.float32)
         for x in range(w):
-            tmp[i, x] = 0.0
+            tmp[x] = 0.0
         y0 = factor * i - 1
         for t in range(nt):
             y = min(max(y0 + t, 0), h - 1)
             kt = k[t]
             for x in range(w):
-                tmp[i, x] += kt * image[y, x]
-    out = np.empty((hc, wc), np.float32)
-    for i in prange(hc):
+                tmp[x] += kt * image[y, x]
         for j in range(wc):
             s = np.float32(0.0)
             x0 = factor * j - 1
             if x0 >= 0 and x0 + nt <= w:
                 for t in range(nt):
-                    s += k[t] * tmp[i, x0 + t]
+                    s += k[t] * tmp[x0 + t]
             else:
                 for t in range(nt):
-                    s += k[t] * tmp[i, min(max(x0 + t, 0), w - 1)]
+                    s += k[t] * tmp[min(max(x0 + t, 0), w - 1)]
             out[i, j] = s
     return out
 

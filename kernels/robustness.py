@@ -29,7 +29,6 @@ from numba import njit, prange
 from .separable_filter import filter_column, filter_row
 
 
-_BOX3 = np.full(3, 1.0 / 3.0, np.float32)
 # Row blocks per parallel loop (load balance on any thread count).
 _BLOCKS = 64
 
@@ -54,21 +53,27 @@ def guide_image(frame: np.ndarray, cell: np.ndarray, is_cfa: bool) -> np.ndarray
         (the half-resolution RGB guide of the paper).
     """
     h, w, nc = frame.shape
-    if not is_cfa:
-        out = np.empty((nc, h, w), np.float32)
-        for y in prange(h):
+    # Both layouts in one parallel loop over guide rows.
+    if is_cfa:
+        gc, gh, gw = 3, h // 2, w // 2
+    else:
+        gc, gh, gw = nc, h, w
+    out = np.empty((gc, gh, gw), np.float32)
+    for y in prange(gh):
+        if not is_cfa:
             for c in range(nc):
                 for x in range(w):
                     out[c, y, x] = frame[y, x, c]
-        return out
-    hh, wh = h // 2, w // 2
-    out = np.zeros((3, hh, wh), np.float32)
-    for y in prange(hh):
+            continue
+        # zeroed row by row here: np.zeros would be a parallel loop of its own
+        for ch in range(3):
+            for x in range(gw):
+                out[ch, y, x] = 0.0
         for i in range(2):
             for j in range(2):
                 ch = cell[i, j]
                 f = np.float32(0.5) if ch == 1 else np.float32(1.0)
-                for x in range(wh):
+                for x in range(gw):
                     out[ch, y, x] += f * frame[2 * y + i, 2 * x + j, 0]
     return out
 
@@ -93,6 +98,12 @@ def local_stats(guide: np.ndarray, taps: np.ndarray) -> tuple[np.ndarray, np.nda
         Biased 3x3 variance (about the 3x3 box mean), never negative.
     """
     nc, h, w = guide.shape
+    # The 3x3 box of the variance. Made here rather than a module constant:
+    # a global array is typed read-only, and the row filters would compile
+    # a second time for it.
+    box3 = np.empty(3, np.float32)
+    for t in range(3):
+        box3[t] = np.float32(1.0 / 3.0)
     mean = np.empty((nc, h, w), np.float32)
     var = np.empty((nc, h, w), np.float32)
     jobs = nc * h
@@ -107,10 +118,10 @@ def local_stats(guide: np.ndarray, taps: np.ndarray) -> tuple[np.ndarray, np.nda
             c = job // h
             y = job % h
             plane = guide[c]
-            filter_column(plane, y, _BOX3, False, col)
-            filter_row(col, _BOX3, m)
-            filter_column(plane, y, _BOX3, True, col)
-            filter_row(col, _BOX3, q)
+            filter_column(plane, y, box3, False, col)
+            filter_row(col, box3, m)
+            filter_column(plane, y, box3, True, col)
+            filter_row(col, box3, q)
             vrow = var[c, y]
             for x in range(w):
                 vrow[x] = max(q[x] - m[x] * m[x], np.float32(0.0))
@@ -187,20 +198,20 @@ def warp_guide(guide: np.ndarray, flow: np.ndarray, guide_bin: int) -> np.ndarra
 @njit(cache=True, parallel=True, fastmath=True)
 def _min_filter(src: np.ndarray, size: int) -> np.ndarray:
     # Separable local minimum over a size x size window, edge-replicating.
+    # One parallel loop: each output row takes the vertical minimum of its
+    # source rows into a row buffer, then the horizontal one (min is exact,
+    # so the order of the two passes changes nothing).
     h, w = src.shape
     r = size // 2
-    tmp = np.empty((h, w), np.float32)
     out = np.empty((h, w), np.float32)
     for y in prange(h):
-        row = tmp[y]
+        row = np.empty(w, np.float32)
         for x in range(w):
             row[x] = src[y, x]
         for t in range(max(y - r, 0), min(y + r + 1, h)):
             srow = src[t]
             for x in range(w):
                 row[x] = min(row[x], srow[x])
-    for y in prange(h):
-        row = tmp[y]
         orow = out[y]
         for x in range(w):
             orow[x] = row[x]

@@ -87,10 +87,11 @@ def interpolate_tiles(
         # Interpolate along y once per row; per pixel only a value and a
         # slope are read: v = row[j0] + wx * slope[j0].
         row = np.empty((n_tx, n_c), np.float32)
-        slope = np.zeros((n_tx, n_c), np.float32)
+        slope = np.empty((n_tx, n_c), np.float32)
         for j in range(n_tx):
             for ch in range(n_c):
                 row[j, ch] = s * (a * field[i0, j, ch] + b * field[i1, j, ch])
+                slope[j, ch] = 0.0
         for j in range(n_tx - dx1):
             for ch in range(n_c):
                 slope[j, ch] = row[j + dx1, ch] - row[j, ch]
