@@ -11,16 +11,18 @@ that its peak resident memory is its own:
 
 - JIT: the first ``fuse`` call on a tiny burst with an empty Numba cache
   (compile) and with the cache filled (load), each in a new process;
-- for scale 1 and 2: ``register`` alone, ``fuse`` given that flow (fusion
-  alone) and the whole ``fuse`` (registration + fusion), after a warm-up call on
-  a tiny burst so no compilation is timed; peak RSS of the process, and the peak
-  of NumPy allocations measured by tracemalloc, against the goal of 3x (burst
+- for scale 1 and 2: the whole kernel fusion (``fuse(refine=False)``:
+  registration + merge) first, so its peak RSS is its own; then the default
+  ``fuse`` (refinement included) with the network forced to float32, as on CPUs
+  without bfloat16 units; then ``register`` alone and ``fuse`` given that flow
+  (merge alone). A warm-up call on a tiny burst keeps compilation out of the
+  timings. Peak RSS of the process after the kernel fusion, and the peak of
+  NumPy allocations measured by tracemalloc, against the goal of 3x (burst
   bytes + output bytes).
+- the unit of the CPU-independent goals: one ``scipy.ndimage.zoom`` of one
+  frame by 2 with cubic splines (``order=3``), timed in every child.
 
 The markdown table is printed and written to ``benchmarks/out/speed.md``.
-
-All timings are of the kernel fusion (``refine=False``); the learned refinement's
-12 MP time is measured by ``bench_refine.py``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ import numpy as np
 OUT = Path(__file__).parent / "out"
 N_FRAMES = 8
 GOALS_S = {1.0: 4.0, 2.0: 12.0}
+# Goals in units of one cubic 2x zoom of one frame timed in the same run (any
+# CPU): (kernel fusion, default fuse with the network in float32), issue 18.
+ZOOM_GOALS = {1.0: (1.2, 3.0), 2.0: (3.5, 6.0)}
 
 
 def burst_path(rows: int, cols: int) -> Path:
@@ -106,23 +111,34 @@ def child_run(path: str, scale: float) -> dict:
     from mfsr.fusion import fuse
     from mfsr.registration import register
 
+    import mfsr.refine._inference as inference
+    from scipy.ndimage import zoom
+
     fuse(_tiny_burst(), refine=False, scale=scale, cfa="RGGB")  # compile / load kernels outside timing
     rss_before = _rss_mb("VmRSS")
     frames = np.load(path)
-    tracemalloc.start()
     t0 = time.perf_counter()
-    flow = register(frames, cfa="RGGB")
-    t_reg = time.perf_counter() - t0
-    del flow
-    _, peak_reg = tracemalloc.get_traced_memory()
-    tracemalloc.reset_peak()
+    zoom(frames[0], 2, order=3)
+    t_zoom = time.perf_counter() - t0
+    tracemalloc.start()
     t0 = time.perf_counter()
     result = fuse(frames, refine=False, scale=scale, cfa="RGGB")
     t_total = time.perf_counter() - t0
     _, peak_fuse = tracemalloc.get_traced_memory()
+    rss_fuse = _rss_mb("VmHWM")
     out_bytes = result.image.nbytes
-    flow = result.flow
     del result
+    tracemalloc.stop()
+    inference.native_bf16 = lambda: False  # precision="auto" then runs float32, as without bfloat16 units
+    fuse(_tiny_burst(), scale=scale, cfa="RGGB")
+    t0 = time.perf_counter()
+    fuse(frames, scale=scale, cfa="RGGB")
+    t_default = time.perf_counter() - t0
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    flow = register(frames, cfa="RGGB")
+    t_reg = time.perf_counter() - t0
+    _, peak_reg = tracemalloc.get_traced_memory()
     tracemalloc.reset_peak()
     t0 = time.perf_counter()
     fuse(frames, refine=False, scale=scale, cfa="RGGB", flow=flow)
@@ -133,10 +149,12 @@ def child_run(path: str, scale: float) -> dict:
         "register_s": t_reg,
         "fusion_only_s": t_fusion,
         "total_s": t_total,
+        "default_fp32_s": t_default,
+        "zoom_s": t_zoom,
         "burst_mb": frames.nbytes / 2**20,
         "output_mb": out_bytes / 2**20,
-        "numpy_peak_mb": max(peak_reg, peak_fuse) / 2**20,
-        "rss_peak_mb": _rss_mb("VmHWM"),
+        "numpy_peak_mb": peak_fuse / 2**20,
+        "rss_peak_mb": rss_fuse,
         "rss_before_mb": rss_before,
     }
 
@@ -179,16 +197,20 @@ def main() -> None:
         f"(compile) {cold['first_call_s']:.1f} s; with the cache filled (load) "
         f"{warm['first_call_s']:.2f} s.",
         "",
-        "| scale | registration per frame | fusion per frame | total (8 frames) | goal | "
-        "peak RSS (process) | NumPy peak | 3x (burst + output) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| scale | registration per frame | merge per frame | kernel fusion (8 frames) | goal | "
+        "default fuse, network in float32 | one cubic 2x zoom | kernel fusion / zoom (goal) | "
+        "default / zoom (goal) | peak RSS of the kernel fusion | NumPy peak | 3x (burst + output) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         budget = 3 * (r["burst_mb"] + r["output_mb"])
+        s = r["scale"]
         lines.append(
-            f"| {r['scale']:g} | {r['register_s'] / N_FRAMES:.3f} s | "
+            f"| {s:g} | {r['register_s'] / N_FRAMES:.3f} s | "
             f"{r['fusion_only_s'] / N_FRAMES:.3f} s | {r['total_s']:.2f} s | "
-            f"< {GOALS_S[r['scale']]:.0f} s | {r['rss_peak_mb']:.0f} MB "
+            f"< {GOALS_S[s]:.0f} s | {r['default_fp32_s']:.2f} s | {r['zoom_s']:.2f} s | "
+            f"{r['total_s'] / r['zoom_s']:.2f} (<= {ZOOM_GOALS[s][0]:g}) | "
+            f"{r['default_fp32_s'] / r['zoom_s']:.2f} (<= {ZOOM_GOALS[s][1]:g}) | {r['rss_peak_mb']:.0f} MB "
             f"({r['rss_peak_mb'] - r['rss_before_mb']:.0f} MB above start) | "
             f"{r['numpy_peak_mb']:.0f} MB | {budget:.0f} MB |"
         )
