@@ -177,7 +177,9 @@ def test_known_shift_is_undone():
     rng = np.random.default_rng(8)
     scene = rng.random((20, 24)).astype(np.float32)
     ref = scene[2:18, 4:20]
-    frame = scene[1:17, 6:22]  # frame[i + 1, j - 2] = ref[i, j]
+    # contiguous, as the fusion passes frames (a strided view would compile
+    # the kernel a second time, for layout 'A')
+    frame = np.ascontiguousarray(scene[1:17, 6:22])  # frame[i + 1, j - 2] = ref[i, j]
     flow = np.zeros((16, 16, 2), np.float32)
     flow[..., 0], flow[..., 1] = 1.0, -2.0
     num = np.zeros((16, 16, 1), np.float32)

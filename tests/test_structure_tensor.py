@@ -134,7 +134,9 @@ def test_pixel_scale_scales_covariance():
 def test_radii_are_clamped():
     g = np.zeros((9, 9), np.float32)
     g[5:] = 1.0
-    inv = kernel_inverse_covariance(structure_tensor(g, 1.0), g, 0.0, 0.0, 0.3, 4, 100, 100, 0.0, 1.0, 0.1, 1.5, 1.0)
+    # floats, as the fusion passes them (integers would compile the kernel again)
+    inv = kernel_inverse_covariance(structure_tensor(g, 1.0), g, 0.0, 0.0, 0.3, 4.0, 100.0, 100.0, 0.0, 1.0, 0.1, 1.5,
+                                    1.0)
     radii = np.sqrt(np.linalg.eigvalsh(_covariance(inv[4, 4])))
     np.testing.assert_allclose(radii, [0.1, 1.5], rtol=1e-4)
 
