@@ -4,10 +4,17 @@ A photo bundled with scikit-image is turned into a simulated handheld Bayer
 burst (random hand shake, optics blur, pixel integration, mosaic, sensor noise),
 fused, refined by the shipped network, and compared with what one frame gives.
 Everything is written to one folder so a newcomer can look at it.
+
+A first run (empty Numba cache) spends most of its time compiling the
+kernels; with two cores or more it compiles the registration's in a second
+process while this one compiles the merge's (:class:`_ParallelCompile`).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +37,139 @@ DEMO_SETTINGS = dict(
     alpha=2e-4,
     beta=2e-6,
 )
+
+
+# Frames of the tiny burst that compiles a fusion's kernels (big enough for
+# two pyramid levels of at least 2x2 tiles, so every kernel runs).
+_WARM_UP_SIDE = 64
+
+
+def _warm_up(stage: str, cfa: str | None, scale: float) -> None:
+    """Run one stage of a fusion on a tiny burst, so its Numba kernels compile
+    (or load from Numba's cache) for exactly the types a real fusion uses.
+
+    ``stage``: ``"align"`` (the registration, and the refinement's overshoot
+    limit) or ``"merge"`` (the kernel fusion of a burst whose flow is given).
+    """
+    rng = np.random.default_rng(0)
+    shape = (2, _WARM_UP_SIDE, _WARM_UP_SIDE) + (() if cfa is not None else (3,))
+    frames = rng.random(shape, dtype=np.float32)
+    if stage == "align":
+        from .kernels.overshoot import limit_overshoot
+        from .registration import register
+
+        register(frames, cfa=cfa)
+        image = rng.random((8, 8, 3), dtype=np.float32)
+        limit_overshoot(image, image.copy(), 0.25)
+    else:
+        flow = np.zeros(shape[:3] + (2,), np.float32)
+        fuse(frames, scale=scale, cfa=cfa, flow=flow, noise=(1e-3, 1e-5), refine=False)
+
+
+def _is_compiled(kernel, *args) -> bool:
+    """Whether ``kernel`` has machine code for ``args``' types, in this process
+    or in Numba's on-disk cache (False when that cannot be told)."""
+    try:
+        import numba
+
+        sig = tuple(numba.typeof(a) for a in args)
+        if sig in kernel.overloads:
+            return True
+        return kernel._cache.load_overload(sig, kernel.targetctx) is not None
+    except Exception:
+        return False
+
+
+def _stages_to_compile(cfa: str | None) -> list[str]:
+    """The stages whose kernels are not all compiled yet, judged by one
+    kernel of every module each stage uses."""
+    from .kernels import (
+        accumulate,
+        block_matching,
+        lucas_kanade,
+        overshoot,
+        pyramid,
+        robustness,
+        separable_filter,
+        structure_tensor,
+        tile_interp,
+    )
+
+    f2 = np.zeros((2, 2), np.float32)
+    f3 = np.zeros((2, 2, 2), np.float32)
+    f1 = np.zeros(2, np.float32)
+    cell = np.zeros((2, 2), np.int64)
+    probes = {
+        "align": [
+            (lucas_kanade.gradients, f2),
+            (block_matching.reject_outliers, np.zeros((2, 2, 2), np.int32), 1.0),
+            (tile_interp.smooth_tiles, f3, 2, 0.5),
+            (separable_filter.separable_filter, f3, f1),
+            (overshoot.limit_overshoot, f3, f3, 0.25),
+        ]
+        + ([(pyramid.bin2x2, f2)] if cfa is not None else []),
+        "merge": [
+            (structure_tensor.grey_image, f3, 1),
+            (robustness._min_filter, f2, 5),
+            (accumulate.normalize, f3, f3, f3, True, cell, 2.0, 1.0, 0.02, f3),
+        ],
+    }
+    return [stage for stage, checks in probes.items() if not all(_is_compiled(*c) for c in checks)]
+
+
+class _ParallelCompile:
+    """Compile a fusion's kernels on two cores: a second Python process
+    compiles the registration's kernels (writing them to Numba's cache)
+    while this one compiles the merge's in :meth:`finish`.
+
+    On a first run (empty Numba cache) the kernels take far longer to
+    compile, one after the other, than the demo takes to run; the fusion
+    then loads the other process's kernels from the cache.
+    """
+
+    def __init__(self, cfa: str | None, scale: float):
+        self.cfa, self.scale = cfa, scale
+        # a fresh interpreter (not multiprocessing): nothing of the caller's
+        # main script is run again, and it finds mfsr where this one did
+        code = (
+            f"import sys; sys.path[:] = {sys.path!r}; "
+            f"from mfsr.demo import _warm_up; _warm_up('align', {cfa!r}, {float(scale)!r})"
+        )
+        self.worker = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def finish(self) -> None:
+        """Compile the merge's kernels here, then wait for the other process
+        (whatever it could not do, the fusion compiles itself)."""
+        try:
+            _warm_up("merge", self.cfa, self.scale)
+        finally:
+            self.worker.wait()
+
+    def stop(self) -> None:
+        """End the other process if it still runs (after an error)."""
+        if self.worker.poll() is None:
+            self.worker.kill()
+            self.worker.wait()
+
+
+def _compile_in_parallel(cfa: str | None, scale: float) -> _ParallelCompile | None:
+    """Start compiling the kernels of a fusion on two cores, or None when that
+    gains nothing: the kernels are compiled or cached already, one core, no
+    JIT."""
+    import numba
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if numba.config.DISABLE_JIT or cores < 2:
+        return None
+    if sorted(_stages_to_compile(cfa)) != ["align", "merge"]:
+        return None
+    try:
+        return _ParallelCompile(cfa, scale)
+    except OSError:
+        return None
 
 
 def run_demo(
@@ -70,16 +210,24 @@ def run_demo(
     """
     out = Path(output)
     (out / "frames").mkdir(parents=True, exist_ok=True)
-    truth_image = sample_image(image)
-    burst = simulate_burst(truth_image, n_frames=n_frames, scale=scale, seed=seed, **DEMO_SETTINGS)
-    for k, frame in enumerate(burst.frames):
-        # Mosaics are shown demosaicked so the frames can be looked at.
-        write_image(
-            out / "frames" / f"frame-{k:03d}.png",
-            demosaic_bilinear(frame, burst.cfa),
-            transfer="srgb",
-            clip=True,
-        )
+    # a first run compiles the kernels, two stages side by side
+    compiling = _compile_in_parallel(DEMO_SETTINGS["cfa"], scale)
+    try:
+        truth_image = sample_image(image)
+        burst = simulate_burst(truth_image, n_frames=n_frames, scale=scale, seed=seed, **DEMO_SETTINGS)
+        for k, frame in enumerate(burst.frames):
+            # Mosaics are shown demosaicked so the frames can be looked at.
+            write_image(
+                out / "frames" / f"frame-{k:03d}.png",
+                demosaic_bilinear(frame, burst.cfa),
+                transfer="srgb",
+                clip=True,
+            )
+        if compiling is not None:
+            compiling.finish()
+    finally:
+        if compiling is not None:
+            compiling.stop()
 
     t0 = time.perf_counter()
     result = fuse(burst.frames, scale=scale, cfa=burst.cfa, refine=True, progress=not quiet)
