@@ -21,9 +21,12 @@ from pathlib import Path
 __all__ = ["available_memory", "check_fusion_memory", "fusion_memory", "require_memory"]
 
 _GIB = 1 << 30
-# Peak bytes per byte of the float32 burst and of the float32 output image.
+# Peak bytes per byte of the float32 burst, and per output pixel: 2.5 float32
+# copies of each output channel plus the weight sums, confidence and
+# detail-restoration buffers, which do not shrink with the channels.
 _PER_BURST_BYTE = 3.5
-_PER_OUTPUT_BYTE = 2.5
+_PER_OUTPUT_CHANNEL_BYTES = 10.0
+_PER_OUTPUT_PIXEL_BYTES = 16.0
 
 
 def fusion_memory(n_frames: int, height: int, width: int, channels: int, out_height: int, out_width: int,
@@ -43,8 +46,8 @@ def fusion_memory(n_frames: int, height: int, width: int, channels: int, out_hei
     int
     """
     burst = 4.0 * n_frames * height * width * channels
-    out = 4.0 * out_height * out_width * out_channels
-    return int(_PER_BURST_BYTE * burst + _PER_OUTPUT_BYTE * out)
+    out_px = float(out_height) * out_width
+    return int(_PER_BURST_BYTE * burst + out_px * (_PER_OUTPUT_CHANNEL_BYTES * out_channels + _PER_OUTPUT_PIXEL_BYTES))
 
 
 def available_memory() -> int | None:

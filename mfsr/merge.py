@@ -238,7 +238,7 @@ def merge(
         else:
             accumulate(frame3, flow, inv_cov, rob, scale, num, den)
 
-    confidence = normalize(num, den, ref3, is_cfa, cell, scale, p.fallback_radius, p.min_weight, num)
+    confidence = normalize(num, den, ref3, is_cfa, cell, float(scale), p.fallback_radius, p.min_weight, num)
     del den
     gain = sharpen_gain(p, scale, cfa)
     if gain > 0:

@@ -151,7 +151,10 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_run_is_one_line_and_changes_nothing(case, frames, tmp_path, capsys):
+def test_bad_run_is_one_line_and_changes_nothing(case, frames, tmp_path, capsys, monkeypatch):
+    # The same memory limit on every machine, so "scale 1000" is refused everywhere
+    # (its 36000 x 36000 output needs some 30 GiB).
+    monkeypatch.setenv("MFSR_MAX_MEMORY", "8")
     setup, want_rc, message = CASES[case]
     write_image(tmp_path / "old.tif", np.full((8, 8), 0.5, np.float32))
     argv = setup(tmp_path, frames)
@@ -329,7 +332,8 @@ def test_geo_fill_values_are_masked_not_fused(fill, tmp_path):
     assert out.min() >= outs["clean"].min() - 0.05 and out.max() <= outs["clean"].max() + 0.05
 
 
-def test_geo_scale_1000_is_refused_before_reading(tmp_path, capsys):
+def test_geo_scale_1000_is_refused_before_reading(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MFSR_MAX_MEMORY", "8")
     for k in range(2):
         _geo_pass(tmp_path / f"p{k}.tif", np.full((64, 64), 0.5))
     before = _hashes(tmp_path)

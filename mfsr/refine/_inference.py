@@ -315,7 +315,7 @@ def refine_image(
     del padded, conf
     # High-pass over the whole assembled residual (after tiling, so the tiles
     # cannot show): the refinement adds detail, never a local brightness shift.
-    resid = resid[:h, :w]
+    resid = np.ascontiguousarray(resid[:h, :w])
     resid -= _local_mean(resid)
     resid *= np.float32(strength / len(views))
     fused = img[:h, :w]
