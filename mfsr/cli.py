@@ -292,14 +292,13 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fuse_raw(args: argparse.Namespace, files: list[Path], options: dict):
-    """Fuse a RAW burst; returns (result, frames, cfa, develop)."""
+def _fuse_raw(args: argparse.Namespace, files: list[Path], options: dict, headerless: dict | None):
+    """Fuse a RAW burst (``headerless`` from :func:`_headerless`); returns (result, frames, cfa, develop)."""
     from dataclasses import replace
 
     from .camera import develop, fuse_raw, resolve_white_balance, save_camera_image
     from .validation import check_color_matrix, check_white_balance
 
-    headerless = _headerless(args)
     # Checked here, before the fusion, so the message names the option.
     wb = None if args.white_balance is None else check_white_balance(args.white_balance, "--white-balance")
     cm = None if args.color_matrix is None else check_color_matrix(args.color_matrix, "--color-matrix")
@@ -519,15 +518,14 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     else:
         route = select_route(args.frames)
     _check_options(args, route.kind)
-    if route.kind == "raw":
-        _headerless(args)
+    headerless = _headerless(args) if route.kind == "raw" else None
     options = {} if route.kind == "geo" else _fuse_options(args)
     _check_output_paths(args, route)
     if route.kind == "geo":
         return _fuse_geo(args, route.files)
     t0 = time.perf_counter()
     if route.kind == "raw":
-        result, frames, cfa, dev = _fuse_raw(args, route.files, options)
+        result, frames, cfa, dev = _fuse_raw(args, route.files, options, headerless)
     else:
         result, frames, cfa, dev = _fuse_images(args, route.files, options)
     elapsed = time.perf_counter() - t0
