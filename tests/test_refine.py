@@ -371,7 +371,7 @@ def test_ensemble_size_defaults_to_the_manifests(tmp_path):
         one = refine_image(img, conf, cfa=True, ensemble=1, **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a strength given explicitly: no warning
-        np.testing.assert_array_equal(refine_image(img, conf, cfa=True, ensemble=1, strength=1.0, **kw), one)
+        np.testing.assert_array_equal(refine_image(img, conf, cfa="RGGB", ensemble=1, strength=1.0, **kw), one)
 
 
 def test_bfloat16_and_float32_agree():

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
+from ..cfa import PATTERNS
 from ..kernels.overshoot import limit_overshoot
 from ..validation import check_psf_sigma, check_scale
 from ._features import confidence_reference, global_features, pixel_features
@@ -106,6 +107,30 @@ def _local_mean(x: np.ndarray) -> np.ndarray:
     return up if x.ndim == 3 else up[..., 0]
 
 
+def _check_cfa(cfa) -> bool:
+    """Whether ``cfa`` names a Bayer mosaic; the old ``True``/``False`` form warns.
+
+    The refinement is the same for every pattern: the fusion has already
+    merged the mosaic's samples into an RGB image, so only "mosaic or not"
+    selects the network and its features. The pattern is still what the
+    caller passes, as to every other ``cfa=`` of the package
+    (docs/conventions.md), and it is checked.
+    """
+    if isinstance(cfa, (bool, np.bool_)):
+        instead = (f"the mosaics' Bayer pattern, one of {', '.join(map(repr, PATTERNS))} (the cfa= given to "
+                   "mfsr.fuse; the refinement is the same for every pattern)") if cfa else (
+                   "cfa=None (a grey or RGB fusion)")
+        # stacklevel 3: the warning points at the caller of refine_image
+        warnings.warn(f"refine_image: cfa={bool(cfa)} is deprecated; pass {instead}", DeprecationWarning,
+                      stacklevel=3)
+        return bool(cfa)
+    if cfa is None:
+        return False
+    if not isinstance(cfa, str) or cfa.upper() not in PATTERNS:
+        raise ValueError(f"cfa: expected a Bayer pattern ({', '.join(PATTERNS)}, any case) or None, got {cfa!r}")
+    return True
+
+
 def _spans(n: int, core: int, margin: int) -> list[tuple[int, int, int, int]]:
     """Tiles along one axis of length ``n`` padded by ``margin`` on both sides.
 
@@ -123,7 +148,7 @@ def refine_image(
     image: np.ndarray,
     confidence: np.ndarray,
     *,
-    cfa: bool,
+    cfa: str | None,
     scale: float,
     noise: tuple[float, float],
     tile: int = 512,
@@ -152,8 +177,13 @@ def refine_image(
         scale and burst length) and enters as ``log1p(min(c / median, 16))``;
         ``log1p(median)`` enters as a global feature. See
         :mod:`mfsr.refine._features`.
-    cfa : bool
-        The fusion came from Bayer mosaics (the image is then RGB).
+    cfa : {"RGGB", "BGGR", "GRBG", "GBRG"} or None
+        Bayer pattern of the mosaics the image was fused from (case-insensitive;
+        the image is then RGB), as given to :func:`mfsr.fuse`
+        (:attr:`mfsr.FusionResult.cfa`); None for a fusion of grey or RGB
+        frames. Every pattern is refined alike. *Deprecated:* ``True`` /
+        ``False`` (mosaic or not) still work, with a ``DeprecationWarning``;
+        pass the pattern or None instead.
     scale : float
         Scale of the fusion (output pixels per input pixel).
     noise : (float, float)
@@ -245,10 +275,11 @@ def refine_image(
     if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 2:
         raise ValueError(f"tile: expected an integer >= 2, got {tile!r}")
     psf_sigma = check_psf_sigma(psf_sigma)
+    mosaic = _check_cfa(cfa)
     grey = img.ndim == 2
-    if cfa and grey:
-        raise ValueError("cfa: a CFA fusion gives an RGB image, got a grey (H, W) image")
-    mode = "cfa" if cfa else ("grey" if grey else "rgb")
+    if mosaic and grey:
+        raise ValueError(f"cfa: a fusion of Bayer mosaics ({cfa!r}) gives an RGB image, got a grey (H, W) image")
+    mode = "cfa" if mosaic else ("grey" if grey else "rgb")
     if isinstance(weights, RefineNet):
         net = weights
     else:
@@ -289,7 +320,7 @@ def refine_image(
         conf = np.pad(conf, pad, mode="reflect")
     conf_ref = confidence_reference(conf[:h, :w])
     g = torch.from_numpy(global_features(
-        cfa=bool(cfa), grey=grey, scale=scale, conf_ref=conf_ref, psf_sigma=psf_sigma))[None]
+        cfa=mosaic, grey=grey, scale=scale, conf_ref=conf_ref, psf_sigma=psf_sigma))[None]
     views = _VIEWS[int(ensemble)]
     margin = net.radius + net.radius % 2
     core = int(tile) + int(tile) % 2
