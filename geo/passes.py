@@ -3,7 +3,8 @@
 A *pass* is one acquisition of the area, stored as a single- or multi-band
 raster that GDAL reads (GeoTIFF, JPEG2000, ...). :func:`read_pass_info`
 checks that it opens and is georeferenced and keeps what the fusion needs
-(grid, bands, dtype, nodata, descriptions, tags), so the per-tile tasks only
+(grid, bands, dtype, nodata, and each band's description, colour
+interpretation, scale, offset, units and tags), so the per-tile tasks only
 carry paths and small records, never arrays. An in-memory pass (an
 :class:`ArrayDataset`, what :func:`mfsr.geo.fuse_xarray` builds from a
 DataArray stack) is read through the same :func:`read_window`.
@@ -56,7 +57,22 @@ class PassInfo:
     tags : dict
         Dataset-level metadata tags (default domain).
     band_tags : tuple of dict
-        Per-band metadata tags.
+        Per-band metadata tags (default domain, e.g. ``wavelength``).
+    colorinterp : tuple of rasterio.enums.ColorInterp
+        Per-band colour interpretation (``red``, ``gray``, ``undefined``, ...).
+    scales, offsets : tuple of float
+        Per band: physical value = stored value * scale + offset (1 and 0
+        where the file declares none).
+    units : tuple of (str or None)
+        Per-band units of the physical value.
+
+    Notes
+    -----
+    The per-band tuples hold one entry per band of the file (band ``b`` at
+    index ``b - 1``); a PassInfo built in memory may leave them empty.
+    :func:`mfsr.geo.band_metadata.fused_band_metadata` selects them for the
+    fused bands, with defaults for missing entries. Every field pickles (the
+    records travel to Dask workers).
     """
 
     path: str
@@ -70,6 +86,10 @@ class PassInfo:
     descriptions: tuple = ()
     tags: dict = field(default_factory=dict)
     band_tags: tuple = ()
+    colorinterp: tuple = ()
+    scales: tuple = ()
+    offsets: tuple = ()
+    units: tuple = ()
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
@@ -191,6 +211,10 @@ def read_pass_info(path, *, argument: str = "paths") -> PassInfo:
                 descriptions=tuple(src.descriptions),
                 tags=dict(src.tags()),
                 band_tags=tuple(dict(src.tags(b)) for b in range(1, src.count + 1)),
+                colorinterp=tuple(src.colorinterp),
+                scales=tuple(1.0 if v is None else float(v) for v in src.scales),
+                offsets=tuple(0.0 if v is None else float(v) for v in src.offsets),
+                units=tuple(u or None for u in src.units),
             )
             dtypes = set(src.dtypes)
     except RasterioIOError as exc:

@@ -12,6 +12,10 @@ COG: with GDAL's ``COG`` driver (GDAL >= 3.1) the finished temporary GeoTIFF
 is copied by it (tiled 512 px, overviews, DEFLATE); without it, overviews are
 built on the temporary file and it is copied as a tiled GeoTIFF with
 ``COPY_SRC_OVERVIEWS``.
+
+Band metadata (descriptions, colour interpretation, scale and offset, units,
+band tags: ``RasterWriter(band_metadata=)``) is set on the temporary file
+before its data, so it is part of the same atomic write.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import rasterio.shutil
+from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
 from ..atomic_file import commit_temporary, temporary_path
+from .band_metadata import BandMetadata
 from .grid import Grid
 
 __all__ = ["check_output_path", "RasterWriter", "commit_all", "abort_all"]
@@ -63,9 +69,19 @@ class RasterWriter:
     dtype : str
     nodata : float or None
     descriptions : sequence of (str or None), optional
+        Band descriptions; a non-empty entry takes precedence over
+        ``band_metadata``'s.
     tags : dict, optional
         Dataset tags.
     band_tags : sequence of dict, optional
+        Band tags, added to (and overriding keys of) ``band_metadata``'s.
+    band_metadata : sequence of BandMetadata, optional
+        One per band (``count`` entries), in output order: description,
+        colour interpretation, scale, offset, units and tags of each band
+        (:func:`mfsr.geo.band_metadata.fused_band_metadata` takes them from
+        the reference pass). Without it the bands get GDAL's defaults (grey,
+        then undefined; scale 1, offset 0; no units): what companion
+        products (confidence, count) should claim.
     cog : bool
         Convert to a Cloud-Optimized GeoTIFF on commit.
     block : int
@@ -73,10 +89,26 @@ class RasterWriter:
     overwrite : bool
         Replace an existing file on commit; if False the final name is
         created exclusively (``FileExistsError`` if it appeared meanwhile).
+
+    Raises
+    ------
+    ValueError
+        If ``band_metadata`` does not hold ``count`` entries.
+    TypeError
+        If an entry of ``band_metadata`` is not a :class:`BandMetadata`.
+
+    Notes
+    -----
+    All metadata is set on the temporary file before any data, so it is part
+    of the atomic write: the final name never holds a product without it.
+    The COG conversion copies it (GDAL's ``CreateCopy``). Nodata is
+    ``nodata``, never taken from ``band_metadata``.
     """
 
     def __init__(self, path, grid: Grid, count: int, dtype: str, nodata=None, *, descriptions=None,
-                 tags=None, band_tags=None, cog: bool = False, block: int = 512, overwrite: bool = True):
+                 tags=None, band_tags=None, band_metadata=None, cog: bool = False, block: int = 512,
+                 overwrite: bool = True):
+        band_metadata = _check_band_metadata(band_metadata, count)
         self.path = Path(path)
         self.cog = cog
         self.overwrite = overwrite
@@ -92,6 +124,8 @@ class RasterWriter:
             profile.update(tiled=True, blockxsize=blk, blockysize=blk)
         self._ds = rasterio.open(self.tmp, "w", **profile)
         try:
+            if band_metadata is not None:
+                _write_band_metadata(self._ds, band_metadata)
             if descriptions is not None:
                 for i, d in enumerate(descriptions, start=1):
                     if d:
@@ -155,6 +189,39 @@ class RasterWriter:
         finally:
             if self.tmp.exists():
                 self.tmp.unlink()
+
+
+def _check_band_metadata(band_metadata, count: int):
+    """``band_metadata`` as a tuple of ``count`` BandMetadata, or None."""
+    if band_metadata is None:
+        return None
+    items = tuple(band_metadata)
+    if len(items) != count:
+        raise ValueError(f"band_metadata: expected one entry per band ({count}), got {len(items)}")
+    for k, m in enumerate(items):
+        if not isinstance(m, BandMetadata):
+            raise TypeError(f"band_metadata: entry {k} is a {type(m).__name__}, expected a BandMetadata "
+                            "(mfsr.geo.band_metadata.fused_band_metadata makes them)")
+    return items
+
+
+def _write_band_metadata(ds, band_metadata: tuple[BandMetadata, ...]) -> None:
+    """Set each band's metadata on the open (writable) dataset ``ds``."""
+    for i, m in enumerate(band_metadata, start=1):
+        if m.description:
+            ds.set_band_description(i, m.description)
+        if m.tags:
+            ds.update_tags(i, **m.tags)
+    # Set only what differs from GDAL's defaults, so a product without
+    # declared scales or units does not gain meaningless entries.
+    if any(m.colorinterp is not None for m in band_metadata):
+        ds.colorinterp = [ColorInterp.undefined if m.colorinterp is None else m.colorinterp for m in band_metadata]
+    if any(m.scale != 1.0 for m in band_metadata):
+        ds.scales = [m.scale for m in band_metadata]
+    if any(m.offset != 0.0 for m in band_metadata):
+        ds.offsets = [m.offset for m in band_metadata]
+    if any(m.units for m in band_metadata):
+        ds.units = [m.units or "" for m in band_metadata]
 
 
 def commit_all(writers: list[RasterWriter]) -> None:
