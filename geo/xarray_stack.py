@@ -22,6 +22,7 @@ import numpy as np
 from mfsr.fusion import FusionParams
 from mfsr.validation import check_scale
 
+from .band_metadata import STALE_TAG_PREFIXES
 from .pipeline import GeoFusionResult, fuse_arrays
 
 __all__ = ["fuse_xarray"]
@@ -111,7 +112,8 @@ def fuse_xarray(
         bounds; coordinates of the finer grid (pixel centres, map units),
         the stack's band coordinates (names, wavelengths, ...), CRS,
         transform and nodata written with rioxarray; attrs: the stack's
-        (less its grid and nodata entries) plus ``MFSR_SCALE``,
+        (less its grid and nodata entries and GDAL's ``STATISTICS_*``
+        values, see Notes) plus ``MFSR_SCALE``,
         ``MFSR_PASSES`` (date labels), ``MFSR_REFERENCE`` (date index),
         ``MFSR_REFERENCE_REASON`` and ``MFSR_SHIFTS`` (``dy,dx`` input px per
         date), the tags ``fuse_rasters`` writes.
@@ -138,6 +140,19 @@ def fuse_xarray(
     bytes); the stack is not. Every date must share the stack's grid (one
     DataArray has one); reproject beforehand (``stack.rio.reproject``) for
     another grid.
+
+    Band metadata: the fused values are in the stack's own units, so the
+    stack's attrs that describe them stay valid and are kept (``long_name``,
+    ``units``, ``band_tags``, ...). ``scale_factor`` and ``add_offset`` (CF;
+    rioxarray's ``scales`` / ``offsets`` per band) are kept exactly when they
+    are attrs, i.e. when the stack holds stored values
+    (``rioxarray.open_rasterio`` without ``mask_and_scale``): decoding the
+    output (``xr.decode_cf``, ``out.rio.to_raster`` then a masked and scaled
+    read) gives physical values once. A decoded stack
+    (``mask_and_scale=True``, ``xr.open_dataset``) keeps them in
+    ``encoding``, which is not carried: its output is already physical and
+    declares no scale, so nothing is decoded twice. An in-memory array has
+    no colour interpretation (rioxarray neither reads nor writes one).
 
     Examples
     --------
@@ -332,7 +347,7 @@ def _as_dataarray(xr, fused, result: GeoFusionResult, stack, has_band, time_dim,
         # epsg, a squeezed band) stay; per-date and per-pixel ones do not.
         if name not in (y_dim, x_dim, grid_mapping) and not {time_dim, y_dim, x_dim} & set(c.dims):
             coords[name] = c.variable
-    attrs = {k: v for k, v in stack.attrs.items() if k not in _STALE_ATTRS}
+    attrs = _carried_attrs(stack.attrs)
     names = stack.coords[band_dim].values if has_band and band_dim in stack.coords else None
     if "long_name" not in attrs and names is not None and names.dtype.kind in "UO":
         # rioxarray writes long_name as the band descriptions (to_raster), as
@@ -344,6 +359,29 @@ def _as_dataarray(xr, fused, result: GeoFusionResult, stack, has_band, time_dim,
         out = xr.DataArray(fused[0], dims=(y_dim, x_dim), coords=coords, attrs=attrs, name=stack.name)
     out = out.rio.write_crs(result.crs)
     return out.rio.write_transform(result.transform)
+
+
+def _carried_attrs(attrs: dict) -> dict:
+    """The stack's attrs that stay true of the fused array.
+
+    Its grid and nodata entries (:data:`_STALE_ATTRS`) are written afresh,
+    and GDAL's ``STATISTICS_*`` band statistics (rioxarray copies band 1's
+    into attrs; a ``band_tags`` list holds them per band) describe the
+    input's values, not the fused ones. Everything else stays, including
+    ``scale_factor`` / ``add_offset`` (or rioxarray's per-band ``scales`` /
+    ``offsets``): they are attrs only when the stack holds stored values,
+    and the fused values are in the same stored units. A decoded stack keeps
+    them in ``encoding``, which is not carried: its fused values are already
+    physical, and a scale declared on them would be applied twice.
+    """
+    def fresh(key) -> bool:
+        return not str(key).upper().startswith(STALE_TAG_PREFIXES)
+
+    out = {k: v for k, v in attrs.items() if k not in _STALE_ATTRS and fresh(k)}
+    if isinstance(out.get("band_tags"), (list, tuple)):
+        out["band_tags"] = [{k: v for k, v in t.items() if fresh(k)} if isinstance(t, dict) else t
+                            for t in out["band_tags"]]
+    return out
 
 
 def _write_fill(out, value: float):
