@@ -541,7 +541,7 @@ def openisp_section(quick: bool = False) -> list[str]:
                         r0 = fuse(burst.frames, scale=s, cfa="RGGB", refine=False)
                         row["norefine"] = psnr(r0.image, gt, crop=ISP_BORDER)
                         if bf16:
-                            f32 = refine_image(r0.image, r0.confidence, cfa=True, scale=s, noise=r0.noise,
+                            f32 = refine_image(r0.image, r0.confidence, cfa="RGGB", scale=s, noise=r0.noise,
                                                precision="fp32")
                             row["fp32"] = psnr(f32, gt, crop=ISP_BORDER)
                     except Exception as exc:  # noqa: BLE001
@@ -947,7 +947,7 @@ def strength_section(quick: bool = False, write_limit: Path | None = None) -> li
     def sweep(mode, s, image, conf, noise, score, label=None):
         plain = score(image)
         for st in STRENGTHS[1:]:
-            out = refine_image(image, conf, cfa=mode == "cfa", scale=s, noise=noise, strength=st)
+            out = refine_image(image, conf, cfa="RGGB" if mode == "cfa" else None, scale=s, noise=noise, strength=st)
             gains.setdefault((label or mode, s), {}).setdefault(st, []).append(score(out) - plain)
 
     with warnings.catch_warnings(record=True) as caught:

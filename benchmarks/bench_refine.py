@@ -65,7 +65,7 @@ def run_case(case: str, noise: str, images, size: int, weights) -> list[dict]:
         burst = simulate_burst(truth, seed=seed, **MOTION, **spec, **NOISE[noise])
         res = fuse(burst.frames, scale=burst.scale, cfa=burst.cfa, refine=False)
         out, told = (refine_image(
-            res.image, res.confidence, cfa=burst.cfa is not None, scale=burst.scale,
+            res.image, res.confidence, cfa=burst.cfa, scale=burst.scale,
             noise=res.noise, weights=weights, psf_sigma=psf,
         ) for psf in (None, MOTION["blur_sigma"] / burst.scale))
         gt = burst.ground_truth
@@ -92,7 +92,7 @@ def blur_sweep(images, size: int, weights) -> list[str]:
                                        blur_sigma=blur, cfa=cfa, scale=scale, **NOISE["moderate noise"])
                 res = fuse(burst.frames, scale=scale, cfa=cfa, refine=False)
                 p0 = psnr(res.image, burst.ground_truth, crop=CROP)
-                p = [psnr(refine_image(res.image, res.confidence, cfa=cfa is not None, scale=scale,
+                p = [psnr(refine_image(res.image, res.confidence, cfa=cfa, scale=scale,
                                        noise=res.noise, weights=weights, psf_sigma=psf),
                           burst.ground_truth, crop=CROP) for psf in (None, blur / scale)]
                 cells.append(f"{p0:.2f} -> {p[0]:.2f} / {p[1]:.2f}")
@@ -101,7 +101,7 @@ def blur_sweep(images, size: int, weights) -> list[str]:
     return lines
 
 
-def time_12mp(weights, *, cfa: bool, precision: str = "auto", repeats: int = 3) -> float:
+def time_12mp(weights, *, cfa: str | None, precision: str = "auto", repeats: int = 3) -> float:
     """Best of ``repeats`` wall times (s) of refining a 3000 x 4000 RGB fusion at scale 2, default ensemble."""
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
@@ -189,7 +189,7 @@ def main() -> None:
                       "| fusion | self-ensemble | bfloat16 (`precision=\"auto\"` on this CPU: "
                       f"{'bf16' if native_bf16() else 'fp32'}) | float32 (`precision=\"fp32\"`) |",
                       "|---|---|---|---|"]
-        for label, cfa in (("Bayer", True), ("RGB frames", False)):
+        for label, cfa in (("Bayer", "RGGB"), ("RGB frames", None)):
             views = refiner_ensemble("cfa" if cfa else "rgb", args.weights) or 1
             times = [time_12mp(args.weights, cfa=cfa, precision=p) for p in ("bf16", "fp32")]
             lines.append(f"| {label} | {views} view{'s' if views > 1 else ''} | {times[0]:.1f} s | {times[1]:.1f} s |")

@@ -325,7 +325,7 @@ def fuse(
             )
             refine = False
     if refine:
-        refined = refine_image(image, confidence, cfa=cfa is not None, scale=scale, noise=(float(alpha), float(beta)),
+        refined = refine_image(image, confidence, cfa=cfa, scale=scale, noise=(float(alpha), float(beta)),
                                progress=progress, psf_sigma=psf_sigma, weights=refine_weights)
         refinement = refined - image
         image = refined

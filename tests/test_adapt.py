@@ -112,7 +112,7 @@ def test_adapt_writes_a_weight_folder_that_fuse_uses(examples, burst, tmp_path):
         load_refiner(mode, out)
     assert refiner_strength("rgb", 2.0, out) == res.strength
     r0 = fuse(burst.frames, scale=2, refine=False)
-    direct = refine_image(r0.image, r0.confidence, cfa=False, scale=2, noise=r0.noise, weights=out)
+    direct = refine_image(r0.image, r0.confidence, cfa=None, scale=2, noise=r0.noise, weights=out)
     via_fuse = fuse(burst.frames, scale=2, refine_weights=out).image
     np.testing.assert_allclose(via_fuse, direct, atol=1e-4)
     with pytest.raises(ValueError, match="out"):

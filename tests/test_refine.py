@@ -39,7 +39,7 @@ def _random_net(seed=0) -> RefineNet:
 
 @pytest.mark.parametrize(
     "shape, cfa",
-    [((40, 52), False), ((40, 52, 3), False), ((40, 52, 3), True), ((33, 47, 3), True), ((31, 45), False)],
+    [((40, 52), None), ((40, 52, 3), None), ((40, 52, 3), "RGGB"), ((33, 47, 3), "RGGB"), ((31, 45), None)],
 )
 def test_shapes_and_dtypes(shape, cfa):
     img, conf = _inputs(shape)
@@ -74,8 +74,8 @@ def test_load_refiner_rejects_unknown_mode():
 
 def test_deterministic():
     img, conf = _inputs((48, 64, 3), seed=1)
-    a = refine_image(img, conf, cfa=True, scale=1.0, noise=NOISE)
-    b = refine_image(img.copy(), conf.copy(), cfa=True, scale=1.0, noise=NOISE)
+    a = refine_image(img, conf, cfa="RGGB", scale=1.0, noise=NOISE)
+    b = refine_image(img.copy(), conf.copy(), cfa="RGGB", scale=1.0, noise=NOISE)
     np.testing.assert_array_equal(a, b)
 
 
@@ -83,10 +83,10 @@ def test_deterministic():
 def test_tiled_equals_whole_image(shape):
     net = _random_net()
     img, conf = _inputs(shape, seed=2)
-    whole = refine_image(img, conf, cfa=False, scale=2.0, noise=NOISE, tile=4096, weights=net)
+    whole = refine_image(img, conf, cfa=None, scale=2.0, noise=NOISE, tile=4096, weights=net)
     assert np.abs(whole - img).max() > 1e-3  # the residual is not trivially zero
     for tile in (16, 22, 40):
-        tiled = refine_image(img, conf, cfa=False, scale=2.0, noise=NOISE, tile=tile, weights=net)
+        tiled = refine_image(img, conf, cfa=None, scale=2.0, noise=NOISE, tile=tile, weights=net)
         np.testing.assert_allclose(tiled, whole, atol=1e-3, rtol=0)
         assert np.abs(tiled - whole).max() < 1e-5
 
@@ -119,10 +119,10 @@ def test_filter_bank_starts_at_zero_and_keeps_flat_fields():
 def test_tiled_equals_whole_image_with_filter_bank():
     net = _filter_net(2)
     img, conf = _inputs((70, 90, 3), seed=4)
-    whole = refine_image(img, conf, cfa=True, scale=1.0, noise=NOISE, tile=4096, weights=net)
+    whole = refine_image(img, conf, cfa="RGGB", scale=1.0, noise=NOISE, tile=4096, weights=net)
     assert np.abs(whole - img).max() > 1e-3
     for tile in (16, 40):
-        tiled = refine_image(img, conf, cfa=True, scale=1.0, noise=NOISE, tile=tile, weights=net)
+        tiled = refine_image(img, conf, cfa="RGGB", scale=1.0, noise=NOISE, tile=tile, weights=net)
         assert np.abs(tiled - whole).max() < 1e-5
 
 
@@ -148,8 +148,8 @@ def test_tile_margin_covers_receptive_field():
 
     assert reach(np.abs(a - b).max(axis=0)) <= net.radius + 1
     # refine_image adds the high-pass of the residual (Gaussian truncated at 3 sigma)
-    ra = refine_image(img, conf, cfa=False, scale=1.0, noise=NOISE, weights=net, precision="fp32")
-    rb = refine_image(img2, conf, cfa=False, scale=1.0, noise=NOISE, weights=net, precision="fp32")
+    ra = refine_image(img, conf, cfa=None, scale=1.0, noise=NOISE, weights=net, precision="fp32")
+    rb = refine_image(img2, conf, cfa=None, scale=1.0, noise=NOISE, weights=net, precision="fp32")
     assert reach(np.abs(ra - rb)) <= net.radius + 1 + int(np.ceil(3 * DC_SIGMA))
 
 
@@ -160,7 +160,7 @@ def test_flat_field_keeps_its_level():
     the shipped weights: at most 7e-4 of full scale at scales 1 and 2 and
     2.3e-3 at scale 4 (level 1.0), bounded here at 3e-3 as a regression guard.
     """
-    for shape, cfa in (((64, 66, 3), True), ((63, 65), False)):
+    for shape, cfa in (((64, 66, 3), "RGGB"), ((63, 65), None)):
         for level in (0.05, 0.5, 1.0):
             for scale in (1.0, 2.0, 4.0):
                 img = np.full(shape, level, np.float32)
@@ -194,7 +194,7 @@ def test_missing_weight_file(tmp_path):
     missing = tmp_path / "nothing.pt"
     img, conf = _inputs((20, 20, 3))
     with pytest.raises(RefinerWeightsError, match="nothing.pt") as info:
-        refine_image(img, conf, cfa=True, scale=1.0, noise=NOISE, weights=missing)
+        refine_image(img, conf, cfa="RGGB", scale=1.0, noise=NOISE, weights=missing)
     assert "refine=False" in str(info.value)
     assert isinstance(info.value, RuntimeError)
 
@@ -204,7 +204,7 @@ def test_corrupt_weight_file(tmp_path):
     bad.write_bytes(b"this is not a torch file" * 10)
     img, conf = _inputs((20, 20, 3))
     with pytest.raises(RefinerWeightsError, match="refiner.pt") as info:
-        refine_image(img, conf, cfa=False, scale=1.0, noise=NOISE, weights=bad)
+        refine_image(img, conf, cfa=None, scale=1.0, noise=NOISE, weights=bad)
     assert "refine=False" in str(info.value)
 
 
@@ -231,10 +231,10 @@ def test_wrong_architecture_is_a_clear_error(tmp_path):
 
 def test_progress_bar(capsys):
     img, conf = _inputs((40, 40, 3))
-    out = refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, tile=16, progress=True)
+    out = refine_image(img, conf, cfa="RGGB", scale=2.0, noise=NOISE, tile=16, progress=True)
     err = capsys.readouterr().err
     assert "refine" in err and "9/9" in err
-    np.testing.assert_allclose(out, refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE), atol=1e-5)
+    np.testing.assert_allclose(out, refine_image(img, conf, cfa="RGGB", scale=2.0, noise=NOISE), atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -251,7 +251,7 @@ def test_progress_bar(capsys):
 )
 def test_bad_arguments(kwargs, match):
     img, conf = _inputs((20, 20, 3))
-    args = dict(cfa=False, scale=1.0, noise=NOISE)
+    args = dict(cfa=None, scale=1.0, noise=NOISE)
     args.update(kwargs)
     with pytest.raises((ValueError, TypeError), match=match):
         refine_image(img, conf, **args)
@@ -260,11 +260,11 @@ def test_bad_arguments(kwargs, match):
 def test_bad_shapes():
     img, conf = _inputs((20, 20, 3))
     with pytest.raises(ValueError, match="confidence"):
-        refine_image(img, conf[:10], cfa=False, scale=1.0, noise=NOISE)
+        refine_image(img, conf[:10], cfa=None, scale=1.0, noise=NOISE)
     with pytest.raises(ValueError, match="cfa"):
-        refine_image(img[..., 0], conf, cfa=True, scale=1.0, noise=NOISE)
+        refine_image(img[..., 0], conf, cfa="RGGB", scale=1.0, noise=NOISE)
     with pytest.raises(ValueError, match="image"):
-        refine_image(img[..., :2], conf, cfa=False, scale=1.0, noise=NOISE)
+        refine_image(img[..., :2], conf, cfa=None, scale=1.0, noise=NOISE)
 
 
 def test_heldout_images_not_in_training():
@@ -323,7 +323,7 @@ def test_self_ensemble_averages_the_views(size):
     net = _random_net(5)
     # sides a multiple of 4: the local mean's coarse grid then turns with the image
     img, conf = _inputs((64, 64, 3), seed=5)
-    kw = dict(cfa=True, scale=2.0, noise=NOISE, weights=net, precision="fp32", overshoot=np.inf)  # the bound is not linear
+    kw = dict(cfa="RGGB", scale=2.0, noise=NOISE, weights=net, precision="fp32", overshoot=np.inf)  # the bound is not linear
     single = refine_image(img, conf, ensemble=1, **kw)
     views = [(0, False), (1, False)] if size == 2 else [(k, f) for f in (False, True) for k in range(4)]
     expected = np.zeros_like(img)
@@ -337,7 +337,7 @@ def test_self_ensemble_averages_the_views(size):
     assert np.abs(out - single).max() > 1e-3  # the views differ: the ensemble is not the single pass
     # any shape, any tiling
     img, conf = _inputs((37, 50), seed=6)
-    kw["cfa"] = False
+    kw["cfa"] = None
     whole = refine_image(img, conf, ensemble=size, tile=4096, **kw)
     np.testing.assert_allclose(refine_image(img, conf, ensemble=size, tile=16, **kw), whole, atol=1e-5, rtol=0)
 
@@ -362,13 +362,13 @@ def test_ensemble_size_defaults_to_the_manifests(tmp_path):
     assert refiner_ensemble("rgb", tmp_path) == 1
     img, conf = _inputs((40, 44, 3), seed=7)
     kw = dict(scale=2.0, noise=NOISE, weights=tmp_path, precision="fp32")
-    np.testing.assert_array_equal(refine_image(img, conf, cfa=True, **kw),
-                                  refine_image(img, conf, cfa=True, ensemble=2, **kw))
-    np.testing.assert_array_equal(refine_image(img, conf, cfa=False, **kw),
-                                  refine_image(img, conf, cfa=False, ensemble=1, **kw))
+    np.testing.assert_array_equal(refine_image(img, conf, cfa="RGGB", **kw),
+                                  refine_image(img, conf, cfa="RGGB", ensemble=2, **kw))
+    np.testing.assert_array_equal(refine_image(img, conf, cfa=None, **kw),
+                                  refine_image(img, conf, cfa=None, ensemble=1, **kw))
     # another size than the strength was calibrated for: a warning naming the remedy
     with pytest.warns(UserWarning, match="ensemble: .* calibrated for 2 view.*--ensemble cfa=1"):
-        one = refine_image(img, conf, cfa=True, ensemble=1, **kw)
+        one = refine_image(img, conf, cfa="RGGB", ensemble=1, **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a strength given explicitly: no warning
         np.testing.assert_array_equal(refine_image(img, conf, cfa="RGGB", ensemble=1, strength=1.0, **kw), one)
@@ -378,7 +378,7 @@ def test_bfloat16_and_float32_agree():
     """bfloat16 arithmetic (the default on CPUs with bf16 units) changes the refinement by rounding only."""
     img, conf = _inputs((64, 72, 3), seed=8)
     img = gaussian_filter(img, (1.5, 1.5, 0))  # image-like: smooth with detail, not white noise
-    kw = dict(cfa=True, scale=1.0, noise=NOISE, ensemble=1, strength=1.0)
+    kw = dict(cfa="RGGB", scale=1.0, noise=NOISE, ensemble=1, strength=1.0)
     f32 = refine_image(img, conf, precision="fp32", **kw)
     b16 = refine_image(img, conf, precision="bf16", **kw)
     assert np.abs(f32 - img).max() > 1e-3
@@ -391,14 +391,14 @@ def test_strength_zero_returns_fusion_and_one_is_raw():
     net = _random_net(6)
     img, conf = _inputs((32, 36, 3), seed=6)
     np.testing.assert_array_equal(
-        refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, weights=net, strength=0.0), img
+        refine_image(img, conf, cfa="RGGB", scale=2.0, noise=NOISE, weights=net, strength=0.0), img
     )
     # linear in the strength (without the overshoot bound, which is not)
-    full = refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, weights=net, strength=1.0, overshoot=np.inf)
-    half = refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, weights=net, strength=0.5, overshoot=np.inf)
+    full = refine_image(img, conf, cfa="RGGB", scale=2.0, noise=NOISE, weights=net, strength=1.0, overshoot=np.inf)
+    half = refine_image(img, conf, cfa="RGGB", scale=2.0, noise=NOISE, weights=net, strength=0.5, overshoot=np.inf)
     np.testing.assert_allclose(half - img, 0.5 * (full - img), atol=1e-6)
     with pytest.raises(ValueError, match="strength"):
-        refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, weights=net, strength=1.5)
+        refine_image(img, conf, cfa="RGGB", scale=2.0, noise=NOISE, weights=net, strength=1.5)
 
 
 def test_calibrated_strength_is_interpolated_in_log_scale(tmp_path):
@@ -456,14 +456,14 @@ def test_psf_sigma_reaches_the_network_and_is_checked():
     torch.manual_seed(0)
     net = _random_net(3)
     torch.nn.init.normal_(net.head.weight, std=0.3)
-    blind = refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, weights=net)
-    told = refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, weights=net, psf_sigma=0.4)
+    blind = refine_image(img, conf, cfa="RGGB", scale=2.0, noise=NOISE, weights=net)
+    told = refine_image(img, conf, cfa="RGGB", scale=2.0, noise=NOISE, weights=net, psf_sigma=0.4)
     assert np.abs(told - blind).max() > 1e-4
     for bad in (-0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="psf_sigma"):
-            refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, weights=net, psf_sigma=bad)
+            refine_image(img, conf, cfa="RGGB", scale=2.0, noise=NOISE, weights=net, psf_sigma=bad)
     with pytest.raises(TypeError, match="psf_sigma"):
-        refine_image(img, conf, cfa=True, scale=2.0, noise=NOISE, weights=net, psf_sigma="0.5")
+        refine_image(img, conf, cfa="RGGB", scale=2.0, noise=NOISE, weights=net, psf_sigma="0.5")
 
 
 def test_networks_without_the_blur_input_still_load_and_widen_exactly(tmp_path):
@@ -573,7 +573,7 @@ def test_tiny_training_run_writes_loadable_weights(toy_run, tmp_path):
     assert manifest["files"]["refiner_cfa.pt"]["architecture"]["filters"] == 1
     assert not torch.equal(shared.tail.weight, bayer.tail.weight)
     img, conf = _inputs((24, 24, 3), seed=1)
-    out = refine_image(img, conf, cfa=True, scale=2.0, noise=(0.0, 0.0), weights=run)
+    out = refine_image(img, conf, cfa="RGGB", scale=2.0, noise=(0.0, 0.0), weights=run)
     assert out.shape == img.shape and np.isfinite(out).all()
     # the Bayer stage alone, from the shared weights
     again = train(tmp_path / "ft", init=run / "refiner.pt", minutes=0, val_bursts=1, cfa_bursts=2,
@@ -747,7 +747,7 @@ def test_refinement_change_is_bounded_by_the_fused_neighbourhood():
             prm.mul_(4.0)
     img, conf = _inputs((48, 48, 3), seed=7)
     img[:, :24] *= 0.01  # a dark half beside a bright one
-    kw = dict(cfa=False, scale=2.0, noise=NOISE, weights=net, strength=1.0, precision="fp32")
+    kw = dict(cfa=None, scale=2.0, noise=NOISE, weights=net, strength=1.0, precision="fp32")
     free = refine_image(img, conf, overshoot=np.inf, **kw)
     held = refine_image(img, conf, **kw)
     from scipy.ndimage import maximum_filter, minimum_filter

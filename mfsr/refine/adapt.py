@@ -440,7 +440,7 @@ def _gains(weights, examples: list[HeldOutFrame], plain: list[float], strengths,
     out = {st: [] for st in strengths}
     for ex, base in zip(examples, plain):
         for st in strengths:
-            refined = refine_image(ex.image, ex.confidence, cfa=ex.cfa is not None, scale=ex.scale, noise=ex.noise,
+            refined = refine_image(ex.image, ex.confidence, cfa=ex.cfa, scale=ex.scale, noise=ex.noise,
                                    weights=weights, strength=st, ensemble=ensemble)
             out[st].append(held_out_psnr(refined, ex.flow, ex.target, ex.scale, cfa=ex.cfa, crop=BORDER, blur=blur)
                            - base)

@@ -127,7 +127,7 @@ def calibrate(folder: Path, *, bursts: int = 32, seed: int = 20_000, ensemble: d
                 fused, conf, truth = ex.images()
                 mse_fused = _mse(fused, truth)
                 for key, psf in (("strength", None), ("strength_known_psf", cfg["blur_sigma"] / scale)):
-                    out = refine_image(fused, conf, cfa=mode == "cfa", scale=scale, noise=ex.info["noise_est"],
+                    out = refine_image(fused, conf, cfa="RGGB" if mode == "cfa" else None, scale=scale, noise=ex.info["noise_est"],
                                        weights=weights, strength=1.0, psf_sigma=psf, ensemble=sizes[mode])
                     for j, a in enumerate(STRENGTHS):
                         gains[key][i, j] = floored_gain_db(_mse(fused + a * (out - fused), truth), mse_fused)

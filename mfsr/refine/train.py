@@ -431,7 +431,7 @@ def evaluate(net: RefineNet, examples: list[Example]) -> dict:
     for ex in examples:
         img, conf, truth = ex.images()
         out = refine_image(
-            img, conf, cfa=bool(ex.globals_[0] > 0.5), scale=ex.info["scale"],
+            img, conf, cfa="RGGB" if ex.globals_[0] > 0.5 else None, scale=ex.info["scale"],
             noise=ex.info["noise_est"], weights=net,
         )
         l1_f.append(float(np.abs(img - truth).mean()))
