@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates, minimum_filter, spline_filter
 
-__all__ = ["ShiftEstimate", "estimate_shift"]
+__all__ = ["MODELS", "ShiftEstimate", "estimate_shift"]
 
 
 @dataclass
@@ -57,6 +57,14 @@ class ShiftEstimate:
         weighted by the fit's robust weights: near 1
         for the same scene, low when the dates differ too much (season,
         unmasked clouds) for the shift to mean anything.
+    matrix : ndarray of float64, shape (2, 3)
+        The fitted displacement as an affine function of position:
+        ``(dy, dx) = matrix @ (y, x, 1)``, with ``(y, x)`` in the
+        coordinates of ``positions`` (a constant for ``model="translation"``).
+    model_std : float
+        Largest predicted standard deviation (px, either component) of the
+        modelled displacement over the corners of the windows' extent: the
+        reliability of the model where it is least constrained.
     """
 
     shift: np.ndarray
@@ -66,6 +74,8 @@ class ShiftEstimate:
     n_pixels: int
     std: np.ndarray
     correlation: float = float("nan")
+    matrix: np.ndarray | None = None
+    model_std: float = float("nan")
 
 
 def _standardise(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -120,6 +130,25 @@ def _blur_filled(img: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray
     return gaussian_filter(np.where(valid, img, fill).astype(np.float64), sigma, mode="nearest")
 
 
+MODELS = ("translation", "similarity", "affine")
+
+
+def _model_basis(model: str, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Derivatives of (dy, dx) with respect to the model's parameters at normalised positions (u, v).
+
+    Parameters are (dy, dx) at the centre, then the linear part:
+    similarity ``(a, b)``: ``dy += a u + b v``, ``dx += -b u + a v`` (scale
+    and rotation); affine ``(a11, a12, a21, a22)``: ``dy += a11 u + a12 v``,
+    ``dx += a21 u + a22 v``.
+    """
+    one, zero = np.ones_like(u), np.zeros_like(u)
+    if model == "translation":
+        return np.stack([one, zero]), np.stack([zero, one])
+    if model == "similarity":
+        return np.stack([one, zero, u, v]), np.stack([zero, one, v, -u])
+    return np.stack([one, zero, u, v, zero, zero]), np.stack([zero, one, zero, zero, u, v])
+
+
 def estimate_shift(
     refs: list[np.ndarray],
     ref_valids: list[np.ndarray],
@@ -131,8 +160,11 @@ def estimate_shift(
     iterations: int = 30,
     tolerance: float = 1e-4,
     features: str = "gradient",
+    model: str = "translation",
+    positions=None,
+    initial=None,
 ) -> ShiftEstimate:
-    """Global translation (and grey gain/offset) of a pass relative to the reference.
+    """Global translation (or similarity / affine displacement, and grey gain/offset) of a pass.
 
     Parameters
     ----------
@@ -163,10 +195,21 @@ def estimate_shift(
         and brighter in another), so on real dates it agrees better with
         phase correlation; on synthetic passes, which have no such changes,
         both serve.
+    model : {"translation", "similarity", "affine"}
+        The displacement's form over the windows: one shift, or an affine
+        function of position (with ``positions``) with a scale and rotation
+        (similarity) or a general linear part (affine).
+    positions : sequence of (int, int), optional
+        Top-left reference pixel ``(y, x)`` of each window on one common
+        grid (working px). Needed for a model other than translation.
+    initial : (float, float), optional
+        Starting (dy, dx), px: skips the coarse step (for windows whose
+        displacement a model already predicts).
 
     Returns
     -------
     ShiftEstimate
+        ``shift`` is the displacement at the centre of the windows' extent.
 
     Raises
     ------
@@ -176,40 +219,60 @@ def estimate_shift(
     """
     if features not in ("intensity", "gradient"):
         raise ValueError(f"features: expected 'intensity' or 'gradient', got {features!r}")
+    if model not in MODELS:
+        raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
+    if positions is None:
+        if model != "translation":
+            raise ValueError(f"positions: required for model={model!r}")
+        positions = [(0, 0)] * len(refs)
+    positions = np.asarray(positions, np.float64).reshape(len(refs), 2)
     if sigma is None:
         sigma = 0.0 if features == "gradient" else 1.0
+    # Normalised coordinates: centre and half-extent of the windows' union,
+    # so the linear parameters are displacements at the extent's edge (px).
+    top = positions.min(axis=0)
+    bottom = np.max([positions[i] + np.array(r.shape) - 1 for i, r in enumerate(refs)], axis=0)
+    centre = 0.5 * (top + bottom)
+    half = np.maximum(0.5 * (bottom - top), 1.0)
     if features == "gradient":
         refs, ref_valids = zip(*[_gradient_feature(r, v) for r, v in zip(refs, ref_valids)])
         movs, mov_valids = zip(*[_gradient_feature(m, v) for m, v in zip(movs, mov_valids)])
-    # Step 1 on the window with the most clear reference pixels.
-    best = int(np.argmax([v.sum() for v in ref_valids]))
-    d0 = _coarse(refs[best], ref_valids[best], movs[best], mov_valids[best], margin)
+    if initial is not None:
+        d0 = np.asarray(initial, np.float64).reshape(2).copy()
+    else:
+        # Step 1 on the window with the most clear reference pixels.
+        best = int(np.argmax([v.sum() for v in ref_valids]))
+        d0 = _coarse(refs[best], ref_valids[best], movs[best], mov_valids[best], margin)
 
-    # Step 2 data: per window, clear reference pixels and the pass's spline.
+    # Step 2 data: per window, clear reference pixels, their model basis and
+    # the pass's spline.
     er = int(np.ceil(3 * sigma))
     parts = []
-    for r, rv, m, mv in zip(refs, ref_valids, movs, mov_valids):
+    for (py, px), r, rv, m, mv in zip(positions, refs, ref_valids, movs, mov_valids):
         rb = _blur_filled(r, rv, sigma)
         rok = minimum_filter(rv, size=2 * er + 1, mode="constant", cval=True)
         ii, jj = np.nonzero(rok)
         if ii.size == 0:
             continue
+        ky, kx = _model_basis(model, (ii + py - centre[0]) / half[0], (jj + px - centre[1]) / half[1])
         mb = _blur_filled(m, mv, sigma)
         gy, gx = np.gradient(mb)
         mok = minimum_filter(mv, size=2 * er + 1, mode="constant", cval=True)
-        parts.append((rb[ii, jj], ii + margin, jj + margin, spline_filter(mb, order=3), gy, gx, mok))
-    d = d0.copy()
+        parts.append((rb[ii, jj], ii + margin, jj + margin, ky, kx, spline_filter(mb, order=3), gy, gx, mok))
+    n_par = 2 if model == "translation" else (4 if model == "similarity" else 6)
+    theta = np.zeros(n_par)
+    theta[:2] = d0
     gain, offset = 1.0, 0.0
     n_used = 0
-    std = np.full(2, np.inf)
+    cov = None
     for _ in range(iterations):
-        a = np.zeros((4, 4))
-        b = np.zeros(4)
+        a = np.zeros((n_par + 2, n_par + 2))
+        b = np.zeros(n_par + 2)
         resid_all, w_all = [], []
         cache = []
-        for rv, yi, xi, coef, gy, gx, mok in parts:
-            y = yi + d[0]
-            x = xi + d[1]
+        for rv, yi, xi, ky, kx, coef, gy, gx, mok in parts:
+            y = yi + theta @ ky
+            x = xi + theta @ kx
             hm, wm = mok.shape
             inside = (y >= 1) & (y <= hm - 2) & (x >= 1) & (x <= wm - 2)
             yn = np.clip(np.rint(y).astype(np.intp), 0, hm - 1)
@@ -223,47 +286,80 @@ def estimate_shift(
             jy = map_coordinates(gy, [yo, xo], order=1, mode="nearest")
             jx = map_coordinates(gx, [yo, xo], order=1, mode="nearest")
             e = rv[ok] - (gain * mvals + offset)
-            cache.append((e, gain * jy, gain * jx, mvals))
+            cache.append((e, gain * (jy * ky[:, ok] + jx * kx[:, ok]), mvals))
             resid_all.append(e)
         if not resid_all:
             raise ValueError("no jointly clear pixels")
         res = np.concatenate(resid_all)
-        ref_used = np.concatenate([it[0] + gain * it[3] + offset for it in cache if it is not None])
-        mov_used = np.concatenate([it[3] for it in cache if it is not None])
+        ref_used = np.concatenate([it[0] + gain * it[2] + offset for it in cache if it is not None])
+        mov_used = np.concatenate([it[2] for it in cache if it is not None])
         scale = 1.4826 * np.median(np.abs(res)) + 1e-9
         c = 2.385 * scale
         n_used = res.size
         for item in cache:
             if item is None:
                 continue
-            e, jy, jx, mvals = item
+            e, jgeo, mvals = item
             w = 1.0 / (1.0 + (e / c) ** 2)
-            jac = np.stack([jy, jx, mvals, np.ones_like(mvals)])
+            jac = np.concatenate([jgeo, np.stack([mvals, np.ones_like(mvals)])])
             a += (jac * w) @ jac.T
             b += (jac * w) @ e
             w_all.append(w)
         try:
-            delta = np.linalg.solve(a + 1e-12 * np.eye(4), b)
+            delta = np.linalg.solve(a + 1e-12 * np.eye(n_par + 2), b)
         except np.linalg.LinAlgError:
             break
-        d += delta[:2]
-        gain += delta[2]
-        offset += delta[3]
+        theta += delta[:n_par]
+        gain += delta[n_par]
+        offset += delta[n_par + 1]
         wsum = np.concatenate(w_all).sum()
         sigma2 = float((np.concatenate([it[0] for it in cache if it is not None]) ** 2
-                        * np.concatenate(w_all)).sum() / max(wsum - 4, 1))
+                        * np.concatenate(w_all)).sum() / max(wsum - n_par - 2, 1))
         try:
-            cov = sigma2 * np.linalg.inv(a)
-            std = np.sqrt(np.abs(np.diag(cov)[:2]))
+            cov = sigma2 * np.linalg.inv(a)[:n_par, :n_par]
         except np.linalg.LinAlgError:
             pass
-        if np.max(np.abs(delta[:2])) < tolerance:
+        if np.max(np.abs(delta[:n_par])) < tolerance:
             break
-        if np.max(np.abs(d)) > margin - 2:
+        if _largest_displacement(model, theta) > margin - 2:
             break
-    if not np.all(np.isfinite(d)) or np.max(np.abs(d)) > margin - 2:
+    if not np.all(np.isfinite(theta)) or _largest_displacement(model, theta) > margin - 2:
         raise ValueError(
-            f"estimated shift {tuple(np.round(d, 2))} px reaches the search margin ({margin} px)"
+            f"estimated shift {tuple(np.round(theta[:2], 2))} px reaches the search margin ({margin} px)"
         )
     corr = _weighted_correlation(ref_used, mov_used, np.concatenate(w_all)) if ref_used.size > 2 else float("nan")
-    return ShiftEstimate(d, d0, float(gain), float(offset), int(n_used), std, corr)
+    std = np.full(2, np.inf)
+    model_std = float("inf")
+    if cov is not None:
+        std = np.sqrt(np.abs(np.diag(cov)[:2]))
+        corners = np.array([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
+        ky, kx = _model_basis(model, corners[:, 0], corners[:, 1])
+        var = np.concatenate([np.einsum("pi,pq,qi->i", k, cov, k) for k in (ky, kx)])
+        model_std = float(np.sqrt(np.abs(var).max()))
+    return ShiftEstimate(theta[:2].copy(), d0, float(gain), float(offset), int(n_used), std, corr,
+                         _as_matrix(model, theta, centre, half), model_std)
+
+
+def _largest_displacement(model: str, theta: np.ndarray) -> float:
+    """Largest |dy| or |dx| of the model over the corners of the normalised extent."""
+    corners = np.array([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
+    ky, kx = _model_basis(model, corners[:, 0], corners[:, 1])
+    return float(max(np.abs(theta @ ky).max(), np.abs(theta @ kx).max()))
+
+
+def _as_matrix(model: str, theta: np.ndarray, centre: np.ndarray, half: np.ndarray) -> np.ndarray:
+    """The model's (2, 3) affine displacement matrix in the positions' coordinates."""
+    t0 = np.zeros(6)
+    t0[: theta.size] = theta
+    if model == "similarity":
+        a, b = theta[2], theta[3]
+        lin = np.array([[a, b], [-b, a]])
+    elif model == "affine":
+        lin = theta[2:].reshape(2, 2)
+    else:
+        lin = np.zeros((2, 2))
+    lin = lin / half[None, :]
+    out = np.zeros((2, 3))
+    out[:, :2] = lin
+    out[:, 2] = theta[:2] - lin @ centre
+    return out

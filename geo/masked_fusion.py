@@ -116,6 +116,70 @@ def _crop_padded(arr: np.ndarray, y0: int, x0: int, h: int, w: int, fill) -> np.
     return out
 
 
+def _positions(offset, field: np.ndarray) -> np.ndarray:
+    """Frame coordinates (y, x) of every reference pixel of the window, shape (2, Hr, Wr)."""
+    hr, wr = field.shape[:2]
+    ii, jj = np.mgrid[0:hr, 0:wr]
+    return np.stack([ii + (offset[0] + field[..., 0]), jj + (offset[1] + field[..., 1])]).astype(np.float64)
+
+
+def _warp_bilinear(grey: np.ndarray, valid: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear samples of ``grey`` at ``pos``, and whether every neighbour with weight was valid.
+
+    As :func:`warp_translate` with its validity rule, at per-pixel positions
+    (outside the frame is invalid).
+    """
+    h, w = grey.shape
+    y0 = np.floor(pos[0]).astype(np.intp)
+    x0 = np.floor(pos[1]).astype(np.intp)
+    fy = (pos[0] - y0).astype(np.float32)
+    fx = (pos[1] - x0).astype(np.float32)
+
+    def tap(dy, dx):
+        yy, xx = y0 + dy, x0 + dx
+        inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        yc, xc = np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)
+        return grey[yc, xc], valid[yc, xc] & inside
+
+    a, va = tap(0, 0)
+    b, vb = tap(0, 1)
+    c, vc = tap(1, 0)
+    d, vd = tap(1, 1)
+    one = np.float32(1.0)
+    out = ((one - fy) * ((one - fx) * a + fx * b) + fy * ((one - fx) * c + fx * d)).astype(np.float32)
+    # A neighbour with zero bilinear weight need not be valid.
+    ok = va & (vb | (fx == 0)) & (vc | (fy == 0)) & (vd | (fx == 0) | (fy == 0))
+    return out, ok
+
+
+def _nearest_samples(frame: np.ndarray, valid: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest frame sample of every reference pixel (0 / invalid outside the frame)."""
+    h, w = valid.shape
+    yy = np.floor(pos[0] + 0.5).astype(np.intp)
+    xx = np.floor(pos[1] + 0.5).astype(np.intp)
+    inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+    yc, xc = np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)
+    ok = valid[yc, xc] & inside
+    return np.where(ok[..., None], frame[yc, xc], np.float32(0.0)).astype(frame.dtype), ok
+
+
+def _inverse_nearest(shape: tuple[int, int], offset, field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest reference pixel of every frame pixel, as index arrays into the window.
+
+    The displacement is smooth, so one fixed-point step from the translation
+    (its field read at the translated position) is within a fraction of a
+    pixel: enough for what uses it (the composite shown to invalid pixels).
+    """
+    hr, wr = field.shape[:2]
+    qq, pp = np.mgrid[0 : shape[0], 0 : shape[1]]
+    ry = np.clip(np.rint(qq - offset[0]), 0, hr - 1).astype(np.intp)
+    rx = np.clip(np.rint(pp - offset[1]), 0, wr - 1).astype(np.intp)
+    f = field[ry, rx]
+    ry = np.clip(np.rint(qq - offset[0] - f[..., 0]), 0, hr - 1).astype(np.intp)
+    rx = np.clip(np.rint(pp - offset[1] - f[..., 1]), 0, wr - 1).astype(np.intp)
+    return ry, rx
+
+
 def masked_median(stack: np.ndarray, valid: np.ndarray, prefer: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel median over the valid entries of a stack.
 
@@ -168,8 +232,9 @@ def fuse_window(
     radius_floor: float = 0.0,
     reject_floor: bool = True,
     return_bounds: bool = False,
+    fields=None,
 ):
-    """Accumulate translated, masked frames onto one window's output grid.
+    """Accumulate translated (or locally displaced), masked frames onto one window's output grid.
 
     Parameters
     ----------
@@ -216,6 +281,12 @@ def fuse_window(
         gives rejected content no weight at all.
     return_bounds : bool
         Also return the local range of the accepted samples (see below).
+    fields : list of (ndarray of float32, shape (Hr, Wr, 2), or None), optional
+        Per frame, a displacement (dy, dx) added to ``offsets[k]`` at every
+        reference pixel of the window: reference pixel (i, j) is then at
+        ``(i, j) + offsets[k] + fields[k][i, j]`` of frame k's array (a
+        global model beyond translation, a local residual). None: the
+        translation alone.
 
     Returns
     -------
@@ -252,9 +323,13 @@ def fuse_window(
     nc = frames[0].shape[2]
     alpha, beta = float(noise[0]), float(noise[1])
     offsets = np.asarray(offsets, np.float64).reshape(n, 2)
+    if fields is None:
+        fields = [None] * n
     # Nearest frame pixel of reference pixel i is i + q (q = round(f)).
     qy = [int(np.floor(f[0] + 0.5)) for f in offsets]
     qx = [int(np.floor(f[1] + 0.5)) for f in offsets]
+    # Frame positions of the reference pixels of displaced frames.
+    pos = [None if fields[k] is None else _positions(offsets[k], fields[k]) for k in range(n)]
 
     # Frames resampled to the reference grid (grey), usable where all four
     # bilinear neighbours are valid.
@@ -262,6 +337,9 @@ def fuse_window(
     ok_w = np.empty((n, hr, wr), bool)
     for k in range(n):
         g = frames[k].mean(axis=2, dtype=np.float32) if nc > 1 else frames[k][..., 0]
+        if pos[k] is not None:
+            grey_w[k], ok_w[k] = _warp_bilinear(g, valids[k], pos[k])
+            continue
         iy, ix = int(np.floor(offsets[k, 0])), int(np.floor(offsets[k, 1]))
         gp = _crop_padded(g, iy, ix, hr + 1, wr + 1, 0.0)
         vp = _crop_padded(valids[k], iy, ix, hr + 1, wr + 1, False)
@@ -291,6 +369,8 @@ def fuse_window(
     # spreads from a masked cloud). Their weight is zero either way.
     comp_rows = [np.clip(np.arange(frames[k].shape[0]) - qy[k], 0, hr - 1) for k in range(n)]
     comp_cols = [np.clip(np.arange(frames[k].shape[1]) - qx[k], 0, wr - 1) for k in range(n)]
+    comp_at = [None if pos[k] is None else _inverse_nearest(frames[k].shape[:2], offsets[k], fields[k])
+               for k in range(n)]
     grey_w = np.where(ok_all, grey_w, composite[None])
     del ok_all
 
@@ -315,12 +395,18 @@ def fuse_window(
         if return_bounds:
             # Nearest sample of every reference pixel (before the fill below
             # overwrites invalid pixels with the composite).
-            near = _crop_padded(frame, qy[k], qx[k], hr, wr, 0.0)
-            near_ok = _crop_padded(valid, qy[k], qx[k], hr, wr, False)
+            if pos[k] is None:
+                near = _crop_padded(frame, qy[k], qx[k], hr, wr, 0.0)
+                near_ok = _crop_padded(valid, qy[k], qx[k], hr, wr, False)
+            else:
+                near, near_ok = _nearest_samples(frame, valid, pos[k])
             covered |= near_ok
         bad = ~valid
         if bad.any():
-            fill = composite[comp_rows[k][:, None], comp_cols[k][None, :]]
+            if comp_at[k] is None:
+                fill = composite[comp_rows[k][:, None], comp_cols[k][None, :]]
+            else:
+                fill = composite[comp_at[k]]
             frame[bad] = fill[bad][:, None]
         if composite_robustness:
             rob = robustness(
@@ -360,9 +446,13 @@ def fuse_window(
         acc = np.empty(frame.shape[:2] + (nacc,), np.float32)
         acc[..., :nc] = np.where(valid[..., None], frame, np.float32(0.0))
         acc[..., nc] = valid
-        flow[...] = np.asarray(offsets[k], np.float32)
+        if fields[k] is None:
+            flow[...] = np.asarray(offsets[k], np.float32)
+            frame_flow = flow
+        else:
+            frame_flow = np.ascontiguousarray(fields[k] + np.asarray(offsets[k], np.float32), dtype=np.float32)
         prev[...] = num[..., nc]
-        accumulate(acc, flow, inv_cov, weight, scale, num, den)
+        accumulate(acc, frame_flow, inv_cov, weight, scale, num, den)
         del acc
         # A pass counts where it added valid weight and the composite test
         # did not reject it (at the output pixel's nearest reference pixel).

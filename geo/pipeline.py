@@ -39,12 +39,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from affine import Affine
 
 from mfsr.fusion import FusionParams
 from mfsr.memory_estimate import require_memory
 from mfsr.validation import check_scale
 
-from .coregister import estimate_shift
+from .coregister import MODELS, estimate_shift
 from .grid import Grid, choose_grid, open_on_grid, output_grid, place_pass, scale_fraction
 from .masked_fusion import (
     GUARD_MIN_SCALE,
@@ -63,9 +64,12 @@ from .masked_fusion import (
     warp_translate,
 )
 from .masks import MaskSpec, parse_masks, read_mask_window
+from .pass_geometry import PassGeometry
 from .passes import ArrayDataset, PassInfo, check_compatible, read_pass_info, read_window
 from .radiometry import fit_linear, masked_noise, working_range
+from .tie_points import MIN_GRID, TiePoints, measure_tie_points, node_grid, residual_field
 from .tiles import TileTask, parse_scheduler, plan_tiles, run_tasks
+from .band_metadata import fused_band_metadata
 from .writer import RasterWriter, abort_all, check_output_path, commit_all
 
 __all__ = ["GeoFusionResult", "SATELLITE_PARAMS", "fuse_arrays", "fuse_rasters"]
@@ -94,6 +98,17 @@ MIN_BAND_CORRELATION = 0.5
 CLEAR_TIE = 0.02
 # Centre wavelengths differing by more than this fraction: different bands.
 WAVELENGTH_TOLERANCE = 0.1
+# A global model beyond translation is used when its linear part moves some
+# corner of the grid by more than this (px) and by more than
+# MODEL_SIGMAS times its predicted standard deviation.
+MIN_MODEL_PX = 0.05
+MODEL_SIGMAS = 3.0
+# Shifts are the mean of the pass registered to the reference and the
+# negated reverse (antisymmetric); False: the forward fit alone.
+SYMMETRIC_SHIFTS = True
+# Defaults of fuse_rasters / fuse_arrays (see their docstrings).
+DEFAULT_GEOMETRY = "affine"
+DEFAULT_LOCAL = True
 
 
 @dataclass
@@ -137,6 +152,23 @@ class GeoFusionResult:
         1-based bands fused.
     confidence_path, count_path : pathlib.Path or None
     n_tiles : int
+    transforms : ndarray of float64, shape (N, 3, 3)
+        Global model of every pass as a matrix on ``(x, y, 1)`` working-grid
+        px, reference -> pass (after the geotransform), as
+        :mod:`mfsr.geometry` writes transforms (the identity with the shift
+        for a translation).
+    geometry : tuple of PassGeometry
+        Every pass's displacement (global model plus local residual); see
+        :meth:`displacement_at`.
+    models : tuple of str
+        Model used per pass: ``"translation"``, ``"similarity"`` or
+        ``"affine"``, with ``"+local"`` where a local residual is used.
+    model_std : ndarray of float64, shape (N,)
+        Predicted standard deviation (px) of the global model at the corners
+        of the region it was fitted on (the shift's for a translation).
+    tie_points : tuple of (TiePoints or None)
+        The local co-registration's nodes per pass (None where not run).
+    displacement_path : pathlib.Path or None
     """
 
     out_path: Path | None
@@ -162,6 +194,28 @@ class GeoFusionResult:
     n_tiles: int = 0
     reference_reason: str = ""
     clear_scores: np.ndarray | None = None
+    transforms: np.ndarray | None = None
+    geometry: tuple[PassGeometry, ...] | None = None
+    models: tuple[str, ...] | None = None
+    model_std: np.ndarray | None = None
+    tie_points: tuple[TiePoints | None, ...] | None = None
+    displacement_path: Path | None = None
+
+    def displacement_at(self, k: int, rows, cols) -> np.ndarray:
+        """Displacement (dy, dx) of pass ``k`` at working-grid coordinates (broadcast), px.
+
+        Global model plus local residual (:class:`mfsr.geo.pass_geometry.PassGeometry`),
+        the sign of ``shifts``: reference pixel ``(y, x)`` lies at
+        ``(y + dy, x + dx)`` of the pass (after its geotransform).
+
+        Returns
+        -------
+        ndarray of float64, shape ``broadcast(rows, cols) + (2,)``
+        """
+        if self.geometry is None:
+            y, x = np.broadcast_arrays(np.asarray(rows, np.float64), np.asarray(cols, np.float64))
+            return np.broadcast_to(self.shifts[k], y.shape + (2,)).copy()
+        return self.geometry[k].displacement_at(rows, cols)
 
     def tags(self, names) -> dict[str, str]:
         """The ``MFSR_*`` metadata tags of the fused product (GeoTIFF tags, DataArray attrs).
@@ -214,6 +268,10 @@ class _Pass:
     offset: tuple[float, ...]
     # In-memory pass (its mask is part of its validity), None for a file.
     source: ArrayDataset | None = None
+    # Displacement beyond translation (working px, without the grid offset
+    # in ``total``); None: ``total`` alone places the pass.
+    geometry: PassGeometry | None = None
+    grid_offset: tuple[float, float] = (0.0, 0.0)  # working px -> pass px, geotransform alone
 
 
 @dataclass(frozen=True)
@@ -267,19 +325,33 @@ def _fuse_tile(args) -> tuple[TileTask, np.ndarray, np.ndarray, np.ndarray]:
     hr, wr = r1 - r0, c1 - c0
     frames, valids, fracs = [], [], []
     ref_frame = ref_valid = ref_pos = None
+    fields = []
     for k, ps in enumerate(ctx.passes):
         # The pass's window, clipped to its raster (see fuse_window).
         ph, pw = (ps.info.height, ps.info.width) if ps.native else (ctx.grid.height, ctx.grid.width)
-        ay = int(np.floor(r0 + ps.total[0]))
-        ax = int(np.floor(c0 + ps.total[1]))
-        ya, yb = max(ay, 0), min(ay + hr + 2, ph)
-        xa, xb = max(ax, 0), min(ax + wr + 2, pw)
+        pfield = None
+        lo_d = hi_d = np.asarray(ps.total, np.float64)
+        if ps.geometry is not None:
+            # Placed by its displacement: the read covers where the
+            # window's pixels land; the mean is the offset, the rest the field.
+            disp = ps.geometry.window_field(r0, r1, c0, c1) + np.asarray(ps.grid_offset, np.float32)
+            mean = disp.reshape(-1, 2).mean(axis=0).astype(np.float64)
+            pfield = disp - mean.astype(np.float32)
+            lo_d, hi_d = disp.reshape(-1, 2).min(axis=0), disp.reshape(-1, 2).max(axis=0)
+        ay = int(np.floor(r0 + lo_d[0]))
+        ax = int(np.floor(c0 + lo_d[1]))
+        ya, yb = max(ay, 0), min(int(np.floor(r0 + hi_d[0])) + hr + 2, ph)
+        xa, xb = max(ax, 0), min(int(np.floor(c0 + hi_d[1])) + wr + 2, pw)
         if yb <= ya or xb <= xa:
             continue
         data, valid = _read_pass(ps, ctx.grid, ctx.bands, (ya, yb), (xa, xb))
         frames.append(_normalise(data, ctx.lo, ctx.hi, ps.gain, ps.offset))
         valids.append(valid)
-        fracs.append((r0 + ps.total[0] - ya, c0 + ps.total[1] - xa))
+        fields.append(pfield)
+        if pfield is None:
+            fracs.append((r0 + ps.total[0] - ya, c0 + ps.total[1] - xa))
+        else:
+            fracs.append((r0 + mean[0] - ya, c0 + mean[1] - xa))
         if k == ctx.reference:
             ref_pos = len(frames) - 1
         if k == ctx.reference and fracs[-1] == (0.0, 0.0) and data.shape[0] >= hr and data.shape[1] >= wr:
@@ -307,6 +379,7 @@ def _fuse_tile(args) -> tuple[TileTask, np.ndarray, np.ndarray, np.ndarray]:
             frames, valids, np.array(fracs), (hr, wr), out_shape, s,
             ctx.noise, ctx.params, composite_robustness=ctx.robust, reference=ref_pos,
             radius_floor=sample_radius_floor(n_live), reject_floor=False, return_bounds=True,
+            fields=fields if any(f is not None for f in fields) else None,
         )
         img = finish_window(num, den, s, ctx.noise, ctx.params)
         del num
@@ -404,6 +477,9 @@ def fuse_rasters(
     sample: int = 512,
     back_projection: int = 2,
     params: FusionParams | None = None,
+    geometry: str = DEFAULT_GEOMETRY,
+    local: bool = DEFAULT_LOCAL,
+    save_displacement=None,
 ) -> GeoFusionResult:
     """Fuse several passes over one area into one finer, georeferenced GeoTIFF.
 
@@ -484,6 +560,26 @@ def fuse_rasters(
     params : FusionParams, optional
         Kernel, robustness and sharpening parameters of the fusion; default
         :data:`SATELLITE_PARAMS`.
+    geometry : {"affine", "similarity", "translation"}
+        Global model of each pass beyond the geotransform, fitted on the
+        sample windows (masked, radiometrically normalised gradients). A
+        model beyond translation is used only where it is significant (its
+        linear part moves a corner of the grid by more than
+        ``MIN_MODEL_PX`` and ``MODEL_SIGMAS`` standard deviations) and the
+        grid is at least ``MIN_GRID`` px on each side; otherwise the pass
+        keeps its translation. The translation itself is symmetric: the
+        mean of the pass registered to the reference and the negated
+        reverse.
+    local : bool
+        Measure a grid of tie points (:mod:`mfsr.geo.tie_points`) and add
+        their smooth residual beyond the global model where it is
+        significant (grids of at least ``MIN_GRID`` px). Each pass is still
+        resampled once, by the fusion's kernels.
+    save_displacement : path-like or None
+        GeoTIFF of every pass's displacement (global model plus residual) on
+        the tie-point grid: bands ``dy``, ``dx`` per pass (working-grid px,
+        reference pixel ``(y, x)`` at ``(y + dy, x + dx)`` of the pass),
+        for inspection like AROSICS' tie-point grid.
 
     Returns
     -------
@@ -514,9 +610,10 @@ def fuse_rasters(
     worker, 844 MiB with two at 2000 x 2000 px, and 845 MiB (two workers,
     241 s on 2 cores) at 8000 x 8000 px (``benchmarks/bench_geo.py``).
 
-    The model per pass is a global translation (plus the geotransform):
-    right for orthorectified products; terrain- or attitude-induced local
-    misregistration is not modelled.
+    The model per pass is the geotransform, a global model (``geometry``)
+    and a smooth local residual (``local``): see
+    :mod:`mfsr.geo.pass_geometry`. ``GeoFusionResult.models`` says which
+    each pass got.
 
     Examples
     --------
@@ -532,6 +629,7 @@ def fuse_rasters(
     n = len(path_list)
     reference, tile, max_shift, min_correlation, back_projection, params = _check_options(
         n, reference, tile, max_shift, min_correlation, back_projection, params)
+    _check_geometry(geometry, local)
     parse_scheduler(scheduler)
     workers = _check_workers(workers)
 
@@ -540,6 +638,8 @@ def fuse_rasters(
         outputs.append(("save_confidence", save_confidence))
     if save_count is not None:
         outputs.append(("save_count", save_count))
+    if save_displacement is not None:
+        outputs.append(("save_displacement", save_displacement))
     resolved_in = {Path(p).resolve() for p in path_list}
     seen = set()
     for name, p in outputs:
@@ -563,6 +663,7 @@ def fuse_rasters(
         dst_crs=dst_crs, resolution=resolution, shifts=shifts, sample=sample, max_shift=max_shift,
         min_correlation=min_correlation, radiometric=radiometric, robust=robust,
         back_projection=back_projection, params=params, tile=tile, progress=progress,
+        geometry=geometry, local=local,
     )
 
     # --- Tiled fusion and output -------------------------------------------
@@ -571,13 +672,11 @@ def fuse_rasters(
     nb = len(band_idx)
     tags = dict(ref_info.tags)
     tags.update(result.tags([Path(p).name for p in path_list]))
-    desc = [ref_info.descriptions[b - 1] if b - 1 < len(ref_info.descriptions) else None for b in band_idx]
-    btags = [ref_info.band_tags[b - 1] if b - 1 < len(ref_info.band_tags) else {} for b in band_idx]
     out_nodata = float("nan") if nodata is None else float(nodata)
     writers: list[RasterWriter] = []
     try:
-        main = RasterWriter(out_path, out_grid, nb, "float32", out_nodata, descriptions=desc,
-                            tags=tags, band_tags=btags, cog=cog, overwrite=overwrite)
+        main = RasterWriter(out_path, out_grid, nb, "float32", out_nodata, tags=tags,
+                            band_metadata=fused_band_metadata(ref_info, band_idx), cog=cog, overwrite=overwrite)
         writers.append(main)
         conf_w = count_w = None
         if save_confidence is not None:
@@ -592,12 +691,18 @@ def fuse_rasters(
             writers.append(count_w)
         for rows, cols, core, den, count in _run_tiles(ctx, tasks, scheduler, workers, progress):
             if nodata is not None:
+                # A fused value equal to the nodata value (a clamp to the
+                # type's minimum) would read back as a hole: one ulp away.
+                core = np.where(core == np.float32(out_nodata), np.nextafter(np.float32(out_nodata), np.float32(np.inf)),
+                                core)
                 core = np.where(np.isnan(core), np.float32(out_nodata), core)
             main.write(rows, cols, core)
             if conf_w is not None:
                 conf_w.write(rows, cols, den)
             if count_w is not None:
                 count_w.write(rows, cols, count)
+        if save_displacement is not None:
+            writers.append(_write_displacement(save_displacement, ctx.grid, result, path_list, overwrite))
         commit_all(writers)
     except BaseException:
         abort_all(writers)
@@ -607,7 +712,38 @@ def fuse_rasters(
         out_path=Path(out_path),
         confidence_path=None if save_confidence is None else Path(save_confidence),
         count_path=None if save_count is None else Path(save_count),
+        displacement_path=None if save_displacement is None else Path(save_displacement),
     )
+
+
+def _write_displacement(path, grid: Grid, result: GeoFusionResult, names, overwrite: bool) -> RasterWriter:
+    """The passes' displacements on the tie-point grid: bands (dy, dx) per pass, working px (uncommitted)."""
+    spacing = node_grid(grid.height, grid.width)[2]
+    spacing = max(1, min(spacing, grid.height, grid.width))
+    ty, tx = grid.height // spacing, grid.width // spacing
+    rows = (np.arange(ty) + 0.5) * spacing - 0.5
+    cols = (np.arange(tx) + 0.5) * spacing - 0.5
+    n = len(names)
+    cells = Grid(grid.crs, grid.transform @ Affine.scale(spacing), tx, ty)
+    desc, btags = [], []
+    for k in range(n):
+        for comp in ("dy", "dx"):
+            desc.append(f"{Path(str(names[k])).name} {comp} (px)")
+            btags.append({"MFSR_PASS": str(k), "MFSR_COMPONENT": comp, "MFSR_MODEL": result.models[k]})
+    writer = RasterWriter(path, cells, 2 * n, "float32", None, descriptions=desc, band_tags=btags,
+                          tags={"MFSR_PRODUCT": "displacement", "MFSR_UNITS": "working-grid px",
+                                "MFSR_REFERENCE": str(result.reference),
+                                "MFSR_CONVENTION": "reference pixel (y, x) lies at (y + dy, x + dx) of the pass"},
+                          overwrite=overwrite)
+    try:
+        data = np.empty((ty, tx, 2 * n), np.float32)
+        for k in range(n):
+            data[..., 2 * k : 2 * k + 2] = result.displacement_at(k, rows[:, None], cols[None, :])
+        writer.write((0, ty), (0, tx), data)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer
 
 
 def fuse_arrays(
@@ -631,6 +767,8 @@ def fuse_arrays(
     sample: int = 512,
     back_projection: int = 2,
     params: FusionParams | None = None,
+    geometry: str = DEFAULT_GEOMETRY,
+    local: bool = DEFAULT_LOCAL,
 ) -> tuple[np.ndarray, GeoFusionResult]:
     """Fuse passes held in memory (NumPy or Dask) on one grid, as :func:`fuse_rasters` fuses files.
 
@@ -666,6 +804,8 @@ def fuse_arrays(
         ``data[k]``).
     tile, workers, radiometric, robust, progress, shifts, max_shift, min_correlation, sample, back_projection, params :
         As in :func:`fuse_rasters` (tiles run on Dask's threaded scheduler).
+    geometry, local :
+        As in :func:`fuse_rasters`.
 
     Returns
     -------
@@ -681,7 +821,6 @@ def fuse_arrays(
         Naming the argument: wrong shapes, non-numeric data, bad CRS or
         transform, and every error of :func:`fuse_rasters`'s options.
     """
-    from affine import Affine
     from rasterio.crs import CRS
 
     shape = tuple(int(v) for v in getattr(data, "shape", ()))
@@ -712,6 +851,7 @@ def fuse_arrays(
     frac = scale_fraction(scale)
     reference, tile, max_shift, min_correlation, back_projection, params = _check_options(
         n, reference, tile, max_shift, min_correlation, back_projection, params)
+    _check_geometry(geometry, local)
     workers = _check_workers(workers)
     nodata = None if nodata is None else float(nodata)
 
@@ -722,7 +862,7 @@ def fuse_arrays(
         infos, [None] * n, sources, tuple(range(1, nb + 1)), scale, frac.denominator, reference,
         shifts=shifts, sample=sample, max_shift=max_shift, min_correlation=min_correlation,
         radiometric=radiometric, robust=robust, back_projection=back_projection, params=params,
-        tile=tile, progress=progress,
+        tile=tile, progress=progress, geometry=geometry, local=local,
     )
     fused = np.full((nb, result.height, result.width), np.nan, np.float32)
     for rows, cols, core, _, _ in _run_tiles(ctx, tasks, "threads", workers, progress):
@@ -756,6 +896,13 @@ def _check_options(n, reference, tile, max_shift, min_correlation, back_projecti
     elif not isinstance(params, FusionParams):
         raise TypeError(f"params: expected FusionParams, got {type(params).__name__}")
     return reference, int(tile), int(max_shift), min_correlation, int(back_projection), params
+
+
+def _check_geometry(geometry, local) -> None:
+    if not isinstance(geometry, str) or geometry not in MODELS:
+        raise ValueError(f"geometry: expected one of {', '.join(MODELS)}, got {geometry!r}")
+    if not isinstance(local, (bool, np.bool_)):
+        raise TypeError(f"local: expected True or False, got {local!r}")
 
 
 def _check_tile_memory(infos, n_bands: int, scale: float, tile: int) -> None:
@@ -797,6 +944,7 @@ def _run_tiles(ctx: _Context, tasks, scheduler, workers, progress):
 def _plan_fusion(
     infos, specs, sources, band_idx, scale, step, reference, *, dst_crs=None, resolution=None, shifts=None,
     sample, max_shift, min_correlation, radiometric, robust, back_projection, params, tile, progress,
+    geometry="translation", local=False,
 ) -> tuple[_Context, list[TileTask], GeoFusionResult]:
     """Reference, working grid, global estimates and tiles: everything before the tiled fusion.
 
@@ -841,6 +989,17 @@ def _plan_fusion(
     ref_est = [v & np.all(np.abs(d - 0.5) <= OUTLIER_RANGE, axis=2) for d, v in zip(ref_norm, ref_valid)]
     noise = masked_noise(ref_grey, ref_valid)
     del ref_raw
+    # The reference's windows widened by the search margin: the backward
+    # half of the symmetric shift registers them to the pass.
+    ref_wide = []
+    if SYMMETRIC_SHIFTS and shifts is None:
+        m_ = int(max_shift)
+        for rows, cols in windows:
+            d, v = _read_pass(ref_pass, grid, band_idx,
+                              _shift_window((rows[0] - m_, rows[1] + m_), ref_pass.total[0]),
+                              _shift_window((cols[0] - m_, cols[1] + m_), ref_pass.total[1]))
+            g = _normalise(d, lo, hi)
+            ref_wide.append((g.mean(axis=2), v & np.all(np.abs(g - 0.5) <= OUTLIER_RANGE, axis=2)))
 
     est_shift = np.zeros((n, 2))
     shift_std = np.zeros((n, 2))
@@ -851,6 +1010,10 @@ def _plan_fusion(
     correlations[reference] = 1.0
     registered = np.ones(n, bool)
     valid_frac[reference] = float(np.mean([v.mean() for v in ref_valid]))
+    geometries: list[PassGeometry | None] = [None] * n
+    models = ["translation"] * n
+    model_std = np.zeros(n)
+    tie_points: list[TiePoints | None] = [None] * n
     margin = int(max_shift)
     order = range(n)
     if progress:
@@ -893,7 +1056,10 @@ def _plan_fusion(
                         f"{min_correlation:g}: too different from the reference for a shift"
                     )
                 total = est.shift
+                if ref_wide:
+                    total = _symmetric_shift(total, movs, mov_est, ref_wide, margin)
                 shift_std[k] = est.std
+                model_std[k] = float(np.max(est.std))
                 correlations[k] = est.correlation
             except ValueError as exc:
                 warnings.warn(
@@ -919,12 +1085,20 @@ def _plan_fusion(
                     f"its shift ({est_shift[k, 0]:+.2f}, {est_shift[k, 1]:+.2f}) px may be meaningless",
                     stacklevel=3,
                 )
+        if registered[k] and shifts is None and (geometry != "translation" or local):
+            geom, models[k], std_k, tie_points[k] = _fit_pass_geometry(
+                ref_pass, ps, grid, band_idx, lo, hi, windows, ref_grey, ref_est,
+                [m.mean(axis=2) for m in movs], mov_est, margin, total, fr, geometry, local, min_correlation)
+            if geom is not None:
+                geometries[k] = geom
+                model_std[k] = std_k
         del movs, mvalids
 
     passes = []
     for k, ps in enumerate(base):
         t = (ps.total[0] + est_shift[k, 0], ps.total[1] + est_shift[k, 1])
-        passes.append(_Pass(ps.info, ps.native, t, ps.mask, tuple(gains[k]), tuple(offs[k]), ps.source))
+        passes.append(_Pass(ps.info, ps.native, t, ps.mask, tuple(gains[k]), tuple(offs[k]), ps.source,
+                            geometries[k], ps.total))
     out_grid = output_grid(grid, scale)
     ctx = _Context(
         tuple(passes), grid, band_idx, tuple(lo), tuple(hi), scale,
@@ -933,6 +1107,7 @@ def _plan_fusion(
     )
 
     tasks = plan_tiles(grid.height, grid.width, int(tile), HALO, step)
+    full_geometry = [g if g is not None else PassGeometry.translation(*est_shift[k]) for k, g in enumerate(geometries)]
     span = hi - lo
     # gain/offset found on normalised values, reported in data units:
     # adjusted = lo + span * (g * (x - lo) / span + o)
@@ -960,8 +1135,99 @@ def _plan_fusion(
         n_tiles=len(tasks),
         reference_reason=reason,
         clear_scores=clear_scores,
+        transforms=np.stack([g.transform() for g in full_geometry]),
+        geometry=tuple(full_geometry),
+        models=tuple(models),
+        model_std=model_std,
+        tie_points=tuple(tie_points),
     )
     return ctx, tasks, result
+
+
+def _symmetric_shift(forward, movs, mov_est, ref_wide, margin) -> np.ndarray:
+    """Mean of the forward shift and the negated backward one (pass registered to the reference).
+
+    ``forward`` places reference pixel ``i`` of a window at ``i + margin +
+    forward`` of the pass's widened window. The backward fit registers the
+    pass's window at the nearest integer shift ``q`` to the reference's
+    widened windows; its shift ``e`` gives ``q - e`` for the same quantity.
+    The mean is antisymmetric by construction (registering j to i gives
+    exactly the negative of i to j) and cancels the part of the estimator's
+    bias that comes from interpolating only the moving image. Falls back to
+    the forward shift where the backward fit fails.
+    """
+    q = np.rint(np.asarray(forward, np.float64)).astype(int)
+    if np.any(np.abs(q) > margin - 2):
+        return forward
+    refs, rvs, wides, wvs = [], [], [], []
+    for m, mv, (g, gv) in zip(movs, mov_est, ref_wide):
+        h, w = g.shape[0] - 2 * margin, g.shape[1] - 2 * margin
+        grey = m.mean(axis=2)
+        refs.append(grey[margin + q[0] : margin + q[0] + h, margin + q[1] : margin + q[1] + w])
+        rvs.append(mv[margin + q[0] : margin + q[0] + h, margin + q[1] : margin + q[1] + w])
+        wides.append(g)
+        wvs.append(gv)
+    try:
+        back = estimate_shift(refs, rvs, wides, wvs, margin, initial=q - np.asarray(forward))
+    except ValueError:
+        return forward
+    return 0.5 * (np.asarray(forward, np.float64) + (q - back.shift))
+
+
+def _fit_pass_geometry(ref_pass, ps, grid, band_idx, lo, hi, windows, ref_grey, ref_est, mov_grey, mov_est,
+                       margin, total, fr, model, local, min_correlation):
+    """Global model beyond translation and local residual of one registered pass.
+
+    ``total`` is the translation estimate in the sample windows' frame
+    (``fr`` their fractional grid offset). Returns the pass's geometry (None
+    when the translation stays: no model or residual is significant), the
+    model's name, its corner standard deviation and the tie points.
+    """
+    shift = np.asarray(total, np.float64) - np.asarray(fr, np.float64)
+    geom = PassGeometry.translation(*shift)
+    name, std = "translation", float("nan")
+    h, w = grid.height, grid.width
+    large = min(h, w) >= MIN_GRID
+    if model != "translation" and large:
+        try:
+            est = estimate_shift(ref_grey, ref_est, mov_grey, mov_est, margin, model=model,
+                                 positions=[(rows[0], cols[0]) for rows, cols in windows], initial=total)
+        except ValueError:
+            est = None
+        if est is not None:
+            m = est.matrix.copy()
+            m[:, 2] -= np.asarray(fr, np.float64)
+            lin = m[:, :2]
+            centre = np.array([(h - 1) / 2, (w - 1) / 2])
+            corners = np.array([[0, 0], [0, w - 1], [h - 1, 0], [h - 1, w - 1]], np.float64) - centre
+            moved = float(np.abs(corners @ lin.T).max())
+            if moved > max(MIN_MODEL_PX, MODEL_SIGMAS * est.model_std):
+                geom, name, std = PassGeometry(m), model, est.model_std
+    points = None
+    if local and large:
+        iy = int(np.floor(ps.total[0]))
+        ix = int(np.floor(ps.total[1]))
+        frac = np.array([ps.total[0] - iy, ps.total[1] - ix])
+
+        def read(p, dy, dx):
+            def reader(rows, cols):
+                d, v = _read_pass(p, grid, band_idx, (rows[0] + dy, rows[1] + dy), (cols[0] + dx, cols[1] + dx))
+                g = _normalise(d, lo, hi)
+                return g.mean(axis=2), v & np.all(np.abs(g - 0.5) <= OUTLIER_RANGE, axis=2)
+            return reader
+
+        ry, rx = int(np.floor(ref_pass.total[0])), int(np.floor(ref_pass.total[1]))
+        start = PassGeometry(geom.matrix + np.array([[0, 0, frac[0]], [0, 0, frac[1]]]))
+        points = measure_tie_points(read(ref_pass, ry, rx), read(ps, iy, ix), start, h, w,
+                                    min_correlation=min_correlation)
+        points.shifts -= frac
+        residual, _ = residual_field(points, geom)
+        if residual is not None:
+            geom = PassGeometry(geom.matrix, points.rows, points.cols, residual)
+            name += "+local"
+    if geom.is_translation:
+        return None, name, std, points
+    return geom, name, std, points
 
 
 

@@ -385,5 +385,11 @@ def _carried_attrs(attrs: dict) -> dict:
 
 
 def _write_fill(out, value: float):
-    """Holes (NaN) set to ``value``, declared as the nodata."""
-    return out.fillna(np.float32(value)).rio.write_nodata(value)
+    """Holes (NaN) set to ``value``, declared as the nodata.
+
+    A fused value equal to ``value`` (a clamp to the type's minimum) moves
+    one ulp away, so it does not read back as a hole.
+    """
+    v = np.float32(value)
+    out = out.where(out != v, np.nextafter(v, np.float32(np.inf)))
+    return out.fillna(v).rio.write_nodata(value)
