@@ -195,6 +195,22 @@ def _build_parser() -> argparse.ArgumentParser:
         help="read GDAL VRT inputs you trust (refused by default: a VRT can read other files and URLs)",
     )
     geo.add_argument("--save-count", metavar="PATH", help="also write the number of valid passes per pixel")
+    geo.add_argument(
+        "--geometry",
+        choices=("affine", "similarity", "translation"),
+        help="global model of each pass beyond its geotransform, used where significant (default affine)",
+    )
+    local = geo.add_mutually_exclusive_group()
+    local.add_argument("--local", dest="local", action="store_true", default=None,
+                       help="add a tie-point grid's smooth local residual where significant (default)")
+    local.add_argument("--no-local", dest="local", action="store_false",
+                       help="global models only, no local residual")
+    geo.add_argument(
+        "--save-displacement",
+        metavar="PATH",
+        help="also write every pass's displacement (dy, dx bands per pass, working-grid px) on the "
+        "tie-point grid, as a GeoTIFF",
+    )
     learned = f.add_argument_group("learned refinement (camera bursts and image files)")
     ref = learned.add_mutually_exclusive_group()
     ref.add_argument(
@@ -491,14 +507,21 @@ def _fuse_passes(args: argparse.Namespace, passes: list[Path]) -> int:
         cog=args.cog,
         save_confidence=args.save_confidence,
         save_count=args.save_count,
+        save_displacement=args.save_displacement,
         progress=not args.quiet,
+        **({} if args.geometry is None else {"geometry": args.geometry}),
+        **({} if args.local is None else {"local": args.local}),
     )
     if not args.quiet:
-        print(f"{'pass':<40}{'dy (px)':>9}{'dx (px)':>9}{'valid':>8}")
+        print(f"{'pass':<40}{'dy (px)':>9}{'dx (px)':>9}{'valid':>8}  {'model':<17}{'rot (deg)':>10}{'scale-1':>10}")
         for k, p in enumerate(passes):
             dy, dx = res.shifts[k]
             tag = " (reference)" if k == res.reference else ("" if res.registered[k] else " (geotransform only)")
-            print(f"{p.name[:39]:<40}{dy:>9.3f}{dx:>9.3f}{res.valid_fractions[k]:>8.1%}{tag}")
+            m = res.transforms[k]
+            rot = np.degrees(np.arctan2(m[1, 0] - m[0, 1], m[0, 0] + m[1, 1]))
+            zoom = 0.5 * np.hypot(m[0, 0] + m[1, 1], m[1, 0] - m[0, 1]) - 1.0
+            print(f"{p.name[:39]:<40}{dy:>9.3f}{dx:>9.3f}{res.valid_fractions[k]:>8.1%}  {res.models[k]:<17}"
+                  f"{rot:>10.4f}{zoom:>10.1e}{tag}")
         print(f"reference: pass {res.reference} ({passes[res.reference].name}): {res.reference_reason}")
         print(
             f"fused {len(passes)} passes -> {res.width}x{res.height} px (scale {args.scale:g}, "
@@ -560,6 +583,9 @@ _ROUTE_OPTIONS = (
     ("--scheduler", "scheduler", ("geo",)),
     ("--cog", "cog", ("geo",)),
     ("--allow-vrt", "allow_vrt", ("geo",)),
+    ("--geometry", "geometry", ("geo",)),
+    ("--local/--no-local", "local", ("geo",)),
+    ("--save-displacement", "save_displacement", ("geo",)),
     ("--cfa", "cfa", ("raw", "image")),
     ("--report", "report", ("raw", "image")),
     ("--save-flow", "save_flow", ("raw", "image")),
@@ -600,6 +626,7 @@ _OUTPUT_SUFFIXES = {
     "save_confidence": ("--save-confidence", {"raw": (".png", ".tif", ".tiff"), "image": (".png", ".tif", ".tiff"),
                                               "geo": (".tif", ".tiff")}),
     "save_count": ("--save-count", {"geo": (".tif", ".tiff")}),
+    "save_displacement": ("--save-displacement", {"geo": (".tif", ".tiff")}),
     "save_flow": ("--save-flow", {"raw": (".png", ".npy"), "image": (".png", ".npy")}),
     "save_refinement": ("--save-refinement", {"raw": (".png", ".tif", ".tiff", ".npy"),
                                               "image": (".png", ".tif", ".tiff", ".npy")}),

@@ -266,3 +266,32 @@ def test_bad_geometry_options(kwargs, exc, match, rotated_passes):
     frames, _ = rotated_passes
     with pytest.raises(exc, match=match):
         fuse_arrays(frames[:, :, :40, :40], CRS, TRANSFORM, 2, **kwargs)
+
+
+def test_cli_geometry_options_and_displacement(tmp_path, rotated_passes, capsys):
+    from mfsr.cli import main
+
+    frames, _ = rotated_passes
+    paths = []
+    for k, f in enumerate(frames):
+        p = tmp_path / f"p{k}.tif"
+        with rasterio.open(p, "w", driver="GTiff", width=256, height=256, count=1, dtype="float32",
+                           crs=CRS, transform=TRANSFORM) as dst:
+            dst.write(f)
+        paths.append(str(p))
+    disp = tmp_path / "disp.tif"
+    assert main(["fuse", *paths, "-o", str(tmp_path / "a.tif"), "--reference", "0", "--save-displacement",
+                 str(disp)]) == 0
+    out = capsys.readouterr().out
+    assert "affine+local" in out and "rot (deg)" in out and disp.exists()
+    assert main(["fuse", *paths, "-o", str(tmp_path / "b.tif"), "--reference", "0", "--geometry", "translation",
+                 "--no-local"]) == 0
+    out = capsys.readouterr().out
+    assert "affine" not in out and "+local" not in out
+    # options of the passes' route are refused for image files
+    png = tmp_path / "frame.png"
+    from mfsr.image_io import write_image
+
+    write_image(png, np.full((16, 16), 0.5, np.float32))
+    assert main(["fuse", str(png), str(png), "-o", str(tmp_path / "c.png"), "--geometry", "affine"]) != 0
+    assert "--geometry: only for georeferenced passes" in capsys.readouterr().err
