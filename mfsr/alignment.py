@@ -76,6 +76,12 @@ class Alignment:
     reference_frame : ndarray of float32, or None
         With known lens coefficients, the reference resampled onto the
         rectified output grid (the merge's guide); None otherwise.
+    transform_uncertainty : ndarray of float64, shape (N,), or None
+        Corner uncertainty of each frame's global model, input px
+        (:class:`mfsr.geometry.GlobalGeometry`); None without one.
+    transform_reliable : ndarray of bool, shape (N,), or None
+        Whether each frame's global model was reliable; an unreliable one
+        was replaced by the local registration alone. None without one.
     """
 
     frame_shape: tuple[int, int]
@@ -84,6 +90,8 @@ class Alignment:
     transforms: np.ndarray | None = None
     distortion: np.ndarray | None = None
     reference_frame: np.ndarray | None = None
+    transform_uncertainty: np.ndarray | None = None
+    transform_reliable: np.ndarray | None = None
 
     def frame_flow(self, k: int, out: np.ndarray | None = None) -> np.ndarray:
         """Dense flow of frame ``k``, shape (H, W, 2), (dy, dx) input px.
@@ -124,6 +132,7 @@ def align(
     geometry: str | None = None,
     distortion=None,
     progress: bool = False,
+    geometry_params=None,
 ) -> Alignment:
     """Register every frame of a validated burst to its reference.
 
@@ -144,6 +153,9 @@ def align(
         local registration of the residual.
     progress : bool
         Show a progress bar over the frames.
+    geometry_params : mfsr.geometry.GeometryParams, optional
+        Settings of the global model (with ``geometry`` / ``distortion``),
+        e.g. its reliability threshold and fallback.
 
     Returns
     -------
@@ -166,11 +178,12 @@ def align(
                 "(the global model is estimated from the registration)"
             )
         glob = global_registration(
-            burst, cfa, reference, geometry, distortion, registration,
+            burst, cfa, reference, geometry, distortion, registration, params=geometry_params,
             frames=frame_progress(n, progress, "register"),
         )
         return Alignment((h, w), [None if s is None else TileSpread(*s) for s in glob.spreads], glob.flows,
-                         glob.transforms, glob.distortion, glob.reference_frame)
+                         glob.transforms, glob.distortion, glob.reference_frame,
+                         glob.transform_uncertainty, glob.transform_reliable)
     if flow is not None:
         return Alignment((h, w), [None] * n, _check_flow(flow, n, h, w, reference))
     spreads: list = [None] * n

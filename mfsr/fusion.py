@@ -89,6 +89,17 @@ class FusionResult:
     alignment : Alignment or None
         The align stage's result (tile motion per frame) that ``flow`` is
         made from when read.
+    transform_uncertainty : ndarray of float64, shape (N,), or None
+        With a global model: per frame, the largest 1-sigma error of an
+        image corner under the estimated transform, input px (0 for the
+        reference; :class:`mfsr.geometry.TransformUncertainty`). None
+        without one.
+    transform_reliable : ndarray of bool, shape (N,), or None
+        With a global model: whether each frame's transform was reliable
+        (corner uncertainty within ``GeometryParams.max_corner_uncertainty``
+        and the model checks passed). An unreliable frame was fused with the
+        local registration alone, as without ``geometry=`` (its
+        ``transforms`` entry is the identity), and a warning named it.
     """
 
     image: np.ndarray
@@ -103,6 +114,8 @@ class FusionResult:
     refinement: np.ndarray | None = None
     distortion: np.ndarray | None = None
     alignment: Alignment | None = field(default=None, repr=False, compare=False)
+    transform_uncertainty: np.ndarray | None = None
+    transform_reliable: np.ndarray | None = None
 
 
 def _result_flow(self: FusionResult) -> np.ndarray | None:
@@ -212,7 +225,10 @@ def fuse(
         prior weights) and refined by robust photometric alignment; the
         local registration then starts every tile from it and finds only the
         residual, and fusion uses the composed flow (each frame resampled
-        once). The returned ``transforms`` hold the model.
+        once). The returned ``transforms`` hold the model; a frame whose
+        model is unreliable (``transform_reliable``; an estimate that is
+        degenerate included) is fused with the local registration alone,
+        with an :class:`mfsr.geometry.UnreliableTransformWarning`.
     distortion : None, sequence of float or "estimate"
         Lens distortion. Known Brown-Conrady coefficients, OpenCV order
         ``(k1[, k2[, p1, p2[, k3]]])`` (1, 2, 4 or 5 values) in normalised
@@ -251,9 +267,8 @@ def fuse(
         On invalid input; the message names the argument (``frames``,
         ``cfa``, ``reference``, ``scale``, ``flow``, ``noise``,
         ``geometry``, ``distortion``): an unknown model, a wrong number of
-        coefficients, a lens that folds the image, an estimated transform
-        that is degenerate, or ``flow`` given together with ``geometry`` or
-        ``distortion``.
+        coefficients, a lens that folds the image, or ``flow`` given
+        together with ``geometry`` or ``distortion``.
     mfsr.refine.RefinerWeightsError
         If ``refine`` is True and the shipped weights are missing or corrupt
         (``refine=False`` still works).
@@ -342,4 +357,6 @@ def fuse(
         distortion=alignment.distortion,
         refinement=refinement,
         alignment=alignment,
+        transform_uncertainty=alignment.transform_uncertainty,
+        transform_reliable=alignment.transform_reliable,
     )

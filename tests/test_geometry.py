@@ -352,6 +352,9 @@ def test_estimate_transform_ignores_masked_clouds():
         ({"residual_shrinkage": float("inf")}, "residual_shrinkage"),
         ({"photometric_full_resolution": "yes"}, "photometric_full_resolution"),
         ({"seed": -1}, "seed"),
+        ({"max_corner_uncertainty": 0.0}, "max_corner_uncertainty"),
+        ({"max_corner_uncertainty": float("nan")}, "max_corner_uncertainty"),
+        ({"fallback": "no"}, "fallback"),
     ],
 )
 def test_geometry_params_validation(kwargs, name):
@@ -366,4 +369,5 @@ def test_geometry_params_accept_the_limits():
 
     GeometryParams()
     GeometryParams(irls_iterations=0, photometric=False, photometric_iterations=0, prefilter_sigma=0.0,
-                   residual_shrinkage=0.0, photometric_levels=1, seed=np.int64(3))
+                   residual_shrinkage=0.0, photometric_levels=1, seed=np.int64(3),
+                   max_corner_uncertainty=float("inf"), fallback=False)

@@ -18,15 +18,20 @@ warping and grid sampling, and their use for burst and satellite alignment:
 - :func:`global_registration` -- what :func:`mfsr.fuse` calls for
   ``geometry=`` / ``distortion=``: global model first, local registration of
   the residual, one composed flow per frame.
+- :class:`TransformUncertainty` -- every estimated transform's reliability:
+  parameter covariance, corner uncertainty (:func:`corner_sd`) and model
+  checks (:func:`assess_transform`); an unreliable frame falls back to the
+  local registration alone, with an :class:`UnreliableTransformWarning`.
 
 Conventions: docs/conventions.md; transforms as in :mod:`mfsr.geometry._warp`, lens
 model as in :mod:`mfsr.geometry._lens`.
 """
 
 from ._align import estimate_transform, warp
-from ._estimate import FitResult, FrameMap, GeometryParams, fit_transform, refine_photometric
+from ._estimate import FitResult, FrameMap, GeometryParams, corner_sd, fit_transform, refine_photometric
 from ._lens import BrownConrady, check_distortion, default_camera_matrix
 from ._pipeline import GlobalGeometry, check_geometry_args, global_registration
+from ._reliability import TransformUncertainty, UnreliableTransformWarning, assess_transform
 from ._warp import (
     MODELS,
     GlobalWarp,
@@ -45,10 +50,14 @@ __all__ = [
     "GeometryParams",
     "GlobalGeometry",
     "GlobalWarp",
+    "TransformUncertainty",
+    "UnreliableTransformWarning",
+    "assess_transform",
     "check_distortion",
     "check_geometry_args",
     "check_model",
     "check_transform",
+    "corner_sd",
     "default_camera_matrix",
     "estimate_transform",
     "fit_transform",

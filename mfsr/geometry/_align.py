@@ -8,6 +8,8 @@ perspective transform (view angle, sensor differences): estimate it with
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -20,6 +22,7 @@ from ._estimate import (
     single_torch_thread,
     tile_matches,
 )
+from ._reliability import UnreliableTransformWarning, assess_transform
 from ._warp import check_model, check_transform, warp_image
 
 __all__ = ["estimate_transform", "warp"]
@@ -46,14 +49,15 @@ def estimate_transform(
     mask=None,
     registration: RegistrationParams | None = None,
     params: GeometryParams | None = None,
-) -> np.ndarray:
+    return_uncertainty: bool = False,
+):
     """Global transform taking reference pixels to their position in ``moving``.
 
     The moving image is registered to the reference by tile matching
     (:mod:`mfsr.registration`); the model is fitted robustly to the tile
     displacements (:func:`fit_transform`, weighted by each tile's predicted
     uncertainty, outliers rejected) and refined photometrically
-    (:func:`refine_photometric`).
+    (:func:`refine_photometric`), which also gives its covariance.
 
     Parameters
     ----------
@@ -66,6 +70,8 @@ def estimate_transform(
         outside it are ignored.
     registration : RegistrationParams, optional
     params : GeometryParams, optional
+    return_uncertainty : bool
+        Also return the transform's :class:`TransformUncertainty`.
 
     Returns
     -------
@@ -73,6 +79,16 @@ def estimate_transform(
         Pixel coordinates, ``(x, y, 1)`` column vectors: reference pixel to
         moving-image pixel. ``warp(moving, H)`` resamples ``moving`` onto the
         reference grid.
+    uncertainty : TransformUncertainty
+        Only with ``return_uncertainty``: covariance, corner uncertainty
+        (input px) and whether the estimate is reliable.
+
+    Warns
+    -----
+    UnreliableTransformWarning
+        When the estimate is unreliable (corner uncertainty above
+        ``params.max_corner_uncertainty`` or a failed model check); it is
+        returned all the same.
 
     Raises
     ------
@@ -120,12 +136,17 @@ def estimate_transform(
         wts = wts * (frac[iy, ix] > 0.9)
     fit = fit_transform(src, dst, model, shape, weights=wts, params=params)
     fmap = FrameMap(model, shape)
-    theta = fit.theta
+    theta, cov = fit.theta, fit.covariance
     if params.photometric:
-        theta = refine_photometric(ref, mov, fmap, theta, mask=None if valid.all() else valid, params=params)
+        theta, cov = refine_photometric(ref, mov, fmap, theta, mask=None if valid.all() else valid, params=params,
+                                        return_covariance=True)
     H = fmap.matrix(theta).numpy()
     check_transform(H, shape, "model")
-    return H
+    unc = assess_transform(fmap, theta, cov, src, dst, np.where(np.isfinite(wts), wts, 0.0), fit.weights, params)
+    if not unc.reliable:
+        warnings.warn(f"estimate_transform: the {model} estimate is unreliable ({unc.reason})",
+                      UnreliableTransformWarning, stacklevel=2)
+    return (H, unc) if return_uncertainty else H
 
 
 def warp(image, H, shape: tuple[int, int] | None = None, *, mode: str = "bicubic",

@@ -45,6 +45,7 @@ __all__ = [
     "GeometryParams",
     "FitResult",
     "FrameMap",
+    "corner_sd",
     "fit_transform",
     "refine_photometric",
     "single_torch_thread",
@@ -96,6 +97,23 @@ class GeometryParams:
         samples along each axis make the fitted transform more exact.
     seed : int
         RANSAC sampling seed.
+    max_corner_uncertainty : float
+        A transform is reliable only while its corner uncertainty (the
+        largest 1-sigma error of an image corner implied by the fit's
+        covariance, :class:`mfsr.geometry.TransformUncertainty`) is at
+        most this, input px; ``inf`` leaves only the model checks. The
+        default is the accuracy asked of a global model, 0.1 px at the
+        corners: a frame whose own noise alone could move a corner by more
+        is not trusted (the measured trade-off against other thresholds is
+        in benchmarks/RESULTS.md). The uncertainty covers the noise, not
+        the interpolation bias of the photometric refinement nor motion the
+        model cannot represent, so errors of reliable frames can exceed it.
+    fallback : bool
+        Where a frame's transform is unreliable,
+        :func:`mfsr.geometry.global_registration` (and so ``fuse``) uses
+        the local registration alone for that frame (identity global
+        model) and warns; False uses the estimate anyway (the flag is still
+        reported) and raises where it is degenerate.
     """
 
     ransac_iterations: int = 300
@@ -111,6 +129,8 @@ class GeometryParams:
     residual_shrinkage: float = 0.5
     photometric_full_resolution: bool = True
     seed: int = 0
+    max_corner_uncertainty: float = 0.1
+    fallback: bool = True
 
     def __post_init__(self) -> None:
         for names, low in (
@@ -125,12 +145,13 @@ class GeometryParams:
         for names, ok, expected in (
             (("ransac_threshold", "tukey_c", "min_sigma"), lambda v: 0 < v < np.inf, "a finite number > 0"),
             (("prefilter_sigma", "residual_shrinkage"), lambda v: 0 <= v < np.inf, "a finite number >= 0"),
+            (("max_corner_uncertainty",), lambda v: v > 0, "a number > 0 (inf allowed)"),
         ):
             for name in names:
                 v = getattr(self, name)
                 if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not ok(v):
                     raise ValueError(f"{name}: expected {expected}, got {v!r}")
-        for name in ("photometric", "photometric_full_resolution"):
+        for name in ("photometric", "photometric_full_resolution", "fallback"):
             v = getattr(self, name)
             if not isinstance(v, (bool, np.bool_)):
                 raise ValueError(f"{name}: expected True or False, got {v!r}")
@@ -153,6 +174,17 @@ class FitResult:
         Final robust weight of each match in [0, 1] (0: outlier).
     sigma : float
         Robust residual scale, input px.
+    covariance : ndarray of float64, shape (P, P), or None
+        Covariance of ``theta`` (scaled parameters squared): the weighted
+        least-squares covariance of the final reweighted fit, its residual
+        variance estimated from the inlier residuals (see Notes of
+        :func:`fit_transform`). Infinite on its diagonal where the inliers
+        do not determine the parameters.
+    corner_uncertainty : float
+        The largest, over the four image corners, standard deviation of the
+        corner's mapped position implied by ``covariance`` (``sqrt`` of the
+        trace of its 2x2 covariance: the RMS of its displacement error),
+        input px (:func:`mfsr.geometry.corner_sd`).
     """
 
     matrix: np.ndarray
@@ -160,6 +192,8 @@ class FitResult:
     theta: np.ndarray
     weights: np.ndarray
     sigma: float
+    covariance: np.ndarray | None = None
+    corner_uncertainty: float = float("nan")
 
 
 class FrameMap:
@@ -381,12 +415,31 @@ def fit_transform(
     Returns
     -------
     FitResult
+        ``weights`` has one entry per given match (0 for the matches dropped
+        as unusable: non-finite, zero prior weight).
 
     Raises
     ------
     ValueError
         On mismatched shapes, non-finite values, too few matches with
         positive weight for the model, or a degenerate result.
+
+    Notes
+    -----
+    The covariance treats the final weights ``W_i = w_i u_i`` (prior ``w``
+    relative to its maximum, Tukey weight ``u``) as fixed: the estimate
+    solves ``sum_i W_i J_i^T r_i = 0``, so with ``Cov(r_i) = s^2 / w_i``
+    (the prior weights right up to a common factor)::
+
+        Cov(theta) = s^2 A^-1 B A^-1,   A = sum W_i J_i^T J_i,
+                                        B = sum w_i u_i^2 J_i^T J_i,
+        s^2 = max(sum W_i |r_i|^2 / (2 sum u_i - P), min_sigma^2 / 2)
+
+    with ``J_i`` the (2, P) Jacobian of the mapped point ``i`` and ``r_i``
+    its residual, input px. Without outliers it is the ordinary weighted
+    least-squares covariance. ``GeometryParams.min_sigma`` floors ``s`` as
+    it floors the robust scale (``/ 2``: per axis), so that an exact fit
+    of a few matches does not pass for an exact transform.
     """
     params = GeometryParams() if params is None else params
     model = check_model(model, "model")
@@ -403,6 +456,7 @@ def fit_transform(
         raise ValueError(
             f"src, dst: {int(ok.sum())} usable matches are too few for a {model} model"
         )
+    n_all = len(src)
     src, dst, w = src[ok], dst[ok], w[ok] / w[ok].max()
     # the linear stages see undistorted moving points when the lens is known
     dst_lin = dst
@@ -448,13 +502,88 @@ def fit_transform(
             if np.abs(step).max() < 1e-6:
                 break
     th = np.asarray(theta, np.float64)
+    with single_torch_thread():
+        _, J = _map_jacobian(fmap, th, src_t)
+        r = fmap.apply(torch.as_tensor(th), src_t).numpy() - dst
+    cov = _match_covariance(J.numpy(), r, w, rw, params.min_sigma / np.sqrt(2.0))
+    weights = np.zeros(n_all)
+    weights[ok] = rw
     return FitResult(
         matrix=fmap.matrix(th).numpy(),
         radial=float(fmap.radial_coeffs(th)[0]),
         theta=th,
-        weights=rw,
+        weights=weights,
         sigma=float(sigma),
+        covariance=cov,
+        corner_uncertainty=float(corner_sd(fmap, th, cov).max()),
     )
+
+
+def _match_covariance(J: np.ndarray, r: np.ndarray, w: np.ndarray, u: np.ndarray, floor: float) -> np.ndarray:
+    """Covariance (P, P) of a reweighted point fit (Notes of :func:`fit_transform`).
+
+    ``J`` (M, 2, P) Jacobians of the mapped points, ``r`` (M, 2) residuals
+    (input px), ``w`` (M,) prior weights relative to their maximum, ``u``
+    (M,) robust weights, ``floor`` the smallest residual standard deviation
+    per axis of a match of weight 1 (input px). Infinite (diagonal) when the
+    inliers leave no degree of freedom for the residual variance or do not
+    determine every parameter.
+    """
+    p = J.shape[-1]
+    Jm = J.reshape(-1, p)
+    W = np.repeat(w * u, 2)
+    A = Jm.T @ (W[:, None] * Jm)
+    B = Jm.T @ (np.repeat(w * u * u, 2)[:, None] * Jm)
+    dof = 2.0 * float(u.sum()) - p
+    inf = np.diag(np.full(p, np.inf))
+    if dof < 1.0:
+        return inf
+    # (floored like the robust scale: an exact fit of a few matches is no
+    # proof of an exact transform)
+    s2 = max(float((w * u * (r**2).sum(1)).sum()) / dof, floor**2)
+    try:
+        # (relative conditioning test: a singular A has no covariance)
+        if np.linalg.cond(A) > 1e12:
+            return inf
+        Ai = np.linalg.inv(A)
+    except np.linalg.LinAlgError:
+        return inf
+    cov = s2 * Ai @ B @ Ai
+    return 0.5 * (cov + cov.T)
+
+
+def corner_sd(fmap: "FrameMap", theta, covariance) -> np.ndarray:
+    """Standard deviation of where the map sends each image corner.
+
+    Parameters
+    ----------
+    fmap : FrameMap
+        Parameterisation; its ``shape`` (H, W) gives the corners, the pixel
+        centres ``(0, 0)``, ``(W - 1, 0)``, ``(W - 1, H - 1)``, ``(0, H - 1)``
+        (``(x, y)``, the order of :func:`mfsr.metrics.corner_error`).
+    theta : array_like, shape (P,)
+        Parameters the covariance belongs to.
+    covariance : array_like, shape (P, P)
+        Covariance of ``theta``.
+
+    Returns
+    -------
+    ndarray of float64, shape (4,)
+        ``sqrt(trace(J_c C J_c^T))`` per corner, ``J_c`` the (2, P)
+        Jacobian of the corner's mapped position: the RMS length of its
+        displacement error, input px (comparable with ``corner_error``).
+        Infinite where the covariance is.
+    """
+    cov = np.asarray(covariance, np.float64)
+    h, w = fmap.shape
+    corners = torch.tensor([[0.0, 0.0], [w - 1.0, 0.0], [w - 1.0, h - 1.0], [0.0, h - 1.0]], dtype=torch.float64)
+    if not np.isfinite(cov).all():
+        return np.full(4, np.inf)
+    with single_torch_thread():
+        _, J = _map_jacobian(fmap, np.asarray(theta, np.float64), corners)
+    J = J.numpy()
+    var = np.einsum("cip,pq,ciq->c", J, cov, J)
+    return np.sqrt(np.maximum(var, 0.0))
 
 
 def _weighted_median(x: np.ndarray, w: np.ndarray) -> float:
@@ -494,7 +623,8 @@ def refine_photometric(
     mask: np.ndarray | None = None,
     params: GeometryParams | None = None,
     points_map=None,
-) -> np.ndarray:
+    return_covariance: bool = False,
+):
     """Refine a global model by robust coarse-to-fine photometric alignment.
 
     Minimises ``sum_p rho((R(p) - M(L_theta(p))) / sigma)`` over the
@@ -524,14 +654,55 @@ def refine_photometric(
         Fixed map applied to the reference pixel positions before ``fmap``
         ((M, 2) float64 tensor to (M, 2)), e.g. a known lens's
         undistortion when ``fmap`` works in rectified coordinates.
+    return_covariance : bool
+        Also return the covariance of the refined parameters.
 
     Returns
     -------
     theta : ndarray of float64, shape (fmap.n,)
+    covariance : ndarray of float64, shape (fmap.n, fmap.n)
+        Only with ``return_covariance``: covariance of ``theta`` from the
+        Gauss-Newton normal matrix of the finest level (see Notes);
+        infinite (diagonal) where the refinement stopped early for lack of
+        overlapping pixels.
+
+    Notes
+    -----
+    The covariance is the cluster-robust sandwich of the M-estimate at the
+    finest level, evaluated at the final parameters::
+
+        Cov = A^-1 (sum_b S_b S_b^T) A^-1 * G / (G - P),
+        A = kappa sum_p w_p g_p g_p^T,   S_b = sum_{p in b} w_p e_p g_p,
+        kappa = sum_p w_p^2 (1 - z_p^2) / sum_p w_p
+
+    with ``g_p`` the derivative of the warped value at pixel ``p`` with
+    respect to the parameters, ``e_p`` its residual, ``z_p = e_p / sigma``,
+    ``w_p = 1 / (1 + z_p^2)`` its Cauchy weight, ``kappa`` the mean slope
+    of the influence function relative to the weight (Huber's correction
+    of the reweighted normal matrix) and ``b`` the ``G`` blocks of
+    :data:`COVARIANCE_BLOCK` x :data:`COVARIANCE_BLOCK` pixels
+    (``kappa`` floored at 0.05). The residuals of neighbouring pixels are
+    correlated (the prefilter, the demosaic, the interpolation): the plain
+    ``s^2 A^-1``, which takes them as independent, underestimates the
+    covariance several times over; summing the scores over blocks wider
+    than that correlation lets the data measure it, and the residuals' own
+    level (noise, aliasing, local motion the model cannot follow) sets the
+    scale. It describes the spread over noise draws around the minimum
+    found, not a systematic error (the bilinear sampling's phase-dependent
+    bias) nor a wrong basin of a flat or repetitive image.
     """
     params = GeometryParams() if params is None else params
     with single_torch_thread():
-        return _refine(reference, moving, fmap, theta0, grid_factor, mask, params, points_map)
+        theta, cov = _refine(reference, moving, fmap, theta0, grid_factor, mask, params, points_map,
+                             return_covariance)
+    return (theta, cov) if return_covariance else theta
+
+
+#: Side of the pixel blocks of the photometric covariance (finest-level
+#: pixels): several times the residuals' correlation length (the prefilter's
+#: sigma of 1 px and the demosaic's reach), and small enough for many blocks
+#: on a 64 px image.
+COVARIANCE_BLOCK = 8
 
 
 class single_torch_thread:
@@ -573,7 +744,7 @@ def _gradients(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return gx, gy
 
 
-def _refine(reference, moving, fmap, theta0, grid_factor, mask, params, points_map=None):
+def _refine(reference, moving, fmap, theta0, grid_factor, mask, params, points_map=None, want_cov=False):
     ref = torch.as_tensor(np.ascontiguousarray(reference, np.float32))[None, None]
     mov = torch.as_tensor(np.ascontiguousarray(moving, np.float32))[None, None]
     if params.prefilter_sigma > 0:
@@ -643,4 +814,57 @@ def _refine(reference, moving, fmap, theta0, grid_factor, mask, params, points_m
             theta = theta + delta
             if np.abs(delta).max() < 1e-4 * step:
                 break
-    return theta
+        if want_cov and lv == finest:
+            cov = _photometric_covariance(fmap, theta, pts, stack, step, (h, w), (hm, wm), keep, rv, sigma, mode)
+    if not want_cov:
+        return theta, None
+    return theta, cov
+
+
+def _photometric_covariance(fmap, theta, pts, stack, step, shape, mshape, keep, rv, sigma, mode):
+    """Cluster-robust covariance (P, P) at ``theta`` (Notes of :func:`refine_photometric`)."""
+    p = len(theta)
+    inf = np.diag(np.full(p, np.inf))
+    h, w = shape
+    hm, wm = mshape
+    q, J = _map_jacobian(fmap, theta, pts)
+    s = _sample_at(stack, q, step, shape, mode)[0].reshape(3, -1).double()
+    g = (q + 0.5) / step - 0.5
+    inside = (g[:, 0] >= 1) & (g[:, 0] <= wm - 2) & (g[:, 1] >= 1) & (g[:, 1] <= hm - 2) & keep
+    idx = torch.nonzero(inside)[:, 0]
+    if len(idx) < 4 * p:
+        return inf
+    e = rv[idx] - s[0, idx]
+    if sigma is None:  # (no iteration ran at this level)
+        sigma = max(float(1.4826 * e.abs().median()), 1e-5)
+    z2 = (e / sigma) ** 2
+    wt = 1.0 / (1.0 + z2)
+    Ji = (s[1, idx, None] * J[idx, 0] + s[2, idx, None] * J[idx, 1]) / step
+    # the M-estimator's bread: the IRLS normal matrix times the mean slope
+    # of the influence e w(e), (1 - z^2) / (1 + z^2)^2, over the mean weight
+    # (without it the standard deviation of a Cauchy fit to Gaussian
+    # residuals comes out about half the true one); a scalar, not per pixel: on
+    # aliased frames the largest residuals sit on the strongest edges, and
+    # per-pixel slopes (negative beyond z = 1) would cancel exactly the
+    # pixels that carry the information
+    slope = float(((1.0 - z2) * wt * wt).sum() / wt.sum())
+    A = (Ji * wt[:, None]).T @ Ji * max(slope, 0.05)
+    b = COVARIANCE_BLOCK
+    nbx = (w + b - 1) // b
+    block = (idx // w) // b * nbx + (idx % w) // b
+    sums = torch.zeros(((h + b - 1) // b) * nbx, p, dtype=Ji.dtype)
+    sums.index_add_(0, block, Ji * (wt * e)[:, None])
+    sums = sums[(sums != 0).any(1)]
+    n_blocks = sums.shape[0]
+    if n_blocks <= p:
+        return inf
+    A = A.numpy()
+    try:
+        if np.linalg.cond(A) > 1e12:
+            return inf
+        Ai = np.linalg.inv(A)
+    except np.linalg.LinAlgError:
+        return inf
+    S = sums.numpy()
+    cov = Ai @ (S.T @ S) @ Ai * (n_blocks / (n_blocks - p))
+    return 0.5 * (cov + cov.T)

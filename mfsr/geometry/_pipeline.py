@@ -33,6 +33,7 @@ in raw px.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -50,6 +51,7 @@ from ._estimate import (
     tile_matches,
 )
 from ._lens import BrownConrady, check_distortion
+from ._reliability import UnreliableTransformWarning, assess_transform, unassessed
 from ._warp import check_model, check_transform, pixel_grid
 
 __all__ = ["GlobalGeometry", "check_geometry_args", "global_registration", "resample"]
@@ -75,6 +77,17 @@ class GlobalGeometry:
         The reference frame resampled onto the rectified grid (same layout
         as the input frame; a re-mosaiced image for CFA), None without a
         known lens.
+    transform_uncertainty : ndarray of float64, shape (N,), or None
+        Corner uncertainty of each frame's estimated global model, input px
+        (:class:`TransformUncertainty`; 0 for the reference, ``inf`` where
+        no model could be fitted); None without a global model.
+    transform_reliable : ndarray of bool, shape (N,), or None
+        Whether each frame's model passed (True for the reference). With
+        ``GeometryParams.fallback`` a frame that did not uses the local
+        registration alone: its ``transforms`` entry is the identity (and
+        its ``distortion`` the known lens or zero).
+    uncertainties : list of (TransformUncertainty or None), length N, or None
+        The full assessment of each frame (None for the reference).
     """
 
     flows: np.ndarray
@@ -82,6 +95,9 @@ class GlobalGeometry:
     transforms: np.ndarray | None
     distortion: np.ndarray | None
     reference_frame: np.ndarray | None
+    transform_uncertainty: np.ndarray | None = None
+    transform_reliable: np.ndarray | None = None
+    uncertainties: list | None = None
 
 
 def check_geometry_args(geometry, distortion, shape) -> tuple[str | None, str | None, tuple | None]:
@@ -217,23 +233,62 @@ def global_registration(
     -------
     GlobalGeometry
 
+    Warns
+    -----
+    UnreliableTransformWarning
+        When a frame's model is unreliable, naming the frames, their corner
+        uncertainty and why (with ``GeometryParams.fallback``, also that
+        they use the local registration alone).
+
+    Raises
+    ------
+    ValueError
+        With ``GeometryParams(fallback=False)``: a frame whose model cannot
+        be fitted or is degenerate (``geometry``).
+
     Notes
     -----
     Per frame: (1) tile registration of the frame to the reference, (2) a
     robust fit of the global map to the tile motion (tile centres and their
     displaced positions undistorted first with a known lens, so ``H`` lives
     in rectified coordinates), (3) photometric refinement of the map on the
-    reference's own pixels, (4) a second tile registration that starts
+    reference's own pixels, with its covariance, (4) the reliability of the
+    model (:func:`mfsr.geometry.assess_transform`: corner uncertainty and
+    model checks), (5) a second tile registration that starts
     every tile from the global map (``align_frame(..., prior=...)``) and
     finds the residual on the original frame, without resampling it, and
-    (5) the composition. Without a known lens the flow is ``prior +
+    (6) the composition. Without a known lens the flow is ``prior +
     residual`` on the reference grid. With one, the flow ``G`` found on the
     (distorted) reference grid is carried to the rectified output grid:
     ``flow(u) = D(u) + G(D(u)) - u`` (``G`` sampled bilinearly).
+
+    A frame whose model is unreliable falls back (``GeometryParams.fallback``)
+    to what the fusion does without ``geometry=``: the flow of step (1)'s
+    tile motion alone, or with a known lens the lens map plus a residual
+    registration. The returned transforms then never carry a model that
+    was judged unreliable, and such a frame is fused exactly as without a
+    global model. That is not always the better image: where the tiles find
+    too little texture, a smooth model that is off at the corners can
+    still fuse better than the tile motion alone (benchmarks/RESULTS.md
+    measures both); ``fallback=False`` keeps the estimate.
     """
     params = GeometryParams() if params is None else params
     with single_torch_thread():
-        return _global_registration(burst, cfa, reference, geometry, distortion, registration, params, frames)
+        out = _global_registration(burst, cfa, reference, geometry, distortion, registration, params, frames)
+    if out.transform_reliable is not None and not out.transform_reliable.all():
+        bad = [k for k in range(len(out.transform_reliable)) if not out.transform_reliable[k]]
+        model = geometry if geometry is not None else "homography"
+        what = "; ".join(f"frame {k}: {out.uncertainties[k].reason}" for k in bad)
+        then = ("those frames use the local registration alone (identity global model)" if params.fallback
+                else "the estimates are used anyway (GeometryParams.fallback=False)")
+        warnings.warn(
+            f"geometry: the {model} estimated for {len(bad)} of {len(out.transform_reliable) - 1} frames "
+            f"is unreliable ({what}); {then}. FusionResult.transform_reliable and "
+            "transform_uncertainty give every frame's flag and corner uncertainty (input px)",
+            UnreliableTransformWarning,
+            stacklevel=2,
+        )
+    return out
 
 
 def _global_registration(burst, cfa, reference, geometry, distortion, registration, params, frames):
@@ -261,6 +316,9 @@ def _global_registration(burst, cfa, reference, geometry, distortion, registrati
     flows = np.zeros((n, h, w, 2), np.float32)
     spreads: list = [None] * n
     transforms = np.tile(np.eye(3), (n, 1, 1)) if fmap is not None else None
+    uncert = np.zeros(n) if fmap is not None else None
+    reliable = np.ones(n, bool) if fmap is not None else None
+    assessed: list = [None] * n
     coeffs = None
     if mode == "known":
         coeffs = np.tile(lens[0], (n, 1))
@@ -274,31 +332,29 @@ def _global_registration(burst, cfa, reference, geometry, distortion, registrati
                 flows[k, ..., 0] = (dist_pts[:, 1] - _grid_points(h, w)[:, 1].numpy()).reshape(h, w)
                 flows[k, ..., 1] = (dist_pts[:, 0] - _grid_points(h, w)[:, 0].numpy()).reshape(h, w)
             continue
-        if fmap is not None:
+        use_model = fmap is not None
+        if use_model:
             motion = align_frame(ref_pyr, burst[k])
-            src, dst, wts = tile_matches(motion, params.min_sigma)
-            if bc is not None:
-                with torch.no_grad():
-                    src = bc.undistort_points(torch.as_tensor(src)).numpy()
-                    dst = bc.undistort_points(torch.as_tensor(dst)).numpy()
-            fit = fit_transform(src, dst, model, (h, w), weights=wts, radial=fmap.radial, params=params)
-            theta = fit.theta if fmap.radial else fmap.theta_from(fit.matrix)
-            if params.photometric:
-                moving = _photometric_image(burst[k], cfa, params.photometric_full_resolution)
-                theta = refine_photometric(
-                    ref_grey, moving, fmap, theta, grid_factor=gp,
-                    params=params, points_map=None if bc is None else bc.undistort_points,
-                )
-            transforms[k] = fmap.matrix(theta).numpy()
-            try:
-                check_transform(transforms[k], (h, w), "geometry")
-            except ValueError as err:
-                raise ValueError(
-                    f"geometry: the {model} estimated for frame {k} is unusable ({err}); the frame "
-                    "may not show the reference scene"
-                ) from None
-            if mode == "estimate":
-                coeffs[k] = fmap.radial_coeffs(theta)
+            theta, assessed[k] = _frame_model(
+                motion, burst[k], ref_grey, fmap, bc, model, (h, w), cfa, gp, params, k
+            )
+            uncert[k] = assessed[k].corner_uncertainty
+            reliable[k] = assessed[k].reliable
+            if theta is not None:
+                transforms[k] = fmap.matrix(theta).numpy()
+                if mode == "estimate":
+                    coeffs[k] = fmap.radial_coeffs(theta)
+            use_model = theta is not None and (reliable[k] or not params.fallback)
+            if not use_model:
+                transforms[k] = np.eye(3)
+                if mode == "estimate":
+                    coeffs[k] = 0.0
+                if lens_map is None:
+                    # as without geometry=: the plain tile motion is the flow
+                    spreads[k] = (flow_irregularity(motion), motion)
+                    flows[k] = dense_flow(motion, (h, w))
+                    continue
+        if use_model:
             th = torch.as_tensor(theta)
 
             def fn(p, th=th):
@@ -335,7 +391,49 @@ def _global_registration(burst, cfa, reference, geometry, distortion, registrati
             ref_frame = mosaic(rgb, cfa).astype(np.float32)
         else:
             ref_frame = resample(burst[reference], fn0, 1, "bilinear")
-    return GlobalGeometry(flows, spreads, transforms, coeffs, ref_frame)
+    return GlobalGeometry(flows, spreads, transforms, coeffs, ref_frame, uncert, reliable,
+                          assessed if fmap is not None else None)
+
+
+def _frame_model(motion, frame, ref_grey, fmap, bc, model, shape, cfa, gp, params, k):
+    """Global model of one frame and its reliability.
+
+    Returns ``(theta or None, TransformUncertainty)``: None where no model
+    could be fitted or the fitted one is degenerate (unreliable then). With
+    ``params.fallback`` off those cases raise instead, as they did before
+    the fallback existed.
+    """
+    src, dst, wts = tile_matches(motion, params.min_sigma)
+    if bc is not None:
+        with torch.no_grad():
+            src = bc.undistort_points(torch.as_tensor(src)).numpy()
+            dst = bc.undistort_points(torch.as_tensor(dst)).numpy()
+    try:
+        fit = fit_transform(src, dst, model, shape, weights=wts, radial=fmap.radial, params=params)
+    except ValueError as err:
+        if not params.fallback:
+            raise ValueError(f"geometry: no {model} could be fitted to frame {k} ({err})") from None
+        return None, unassessed(fmap.n, f"no fit ({err})")
+    theta = fit.theta if fmap.radial else fmap.theta_from(fit.matrix)
+    cov = fit.covariance  # (the same parameter vector as fmap's; the lens has none)
+    if params.photometric:
+        moving = _photometric_image(frame, cfa, params.photometric_full_resolution)
+        theta, cov = refine_photometric(
+            ref_grey, moving, fmap, theta, grid_factor=gp,
+            params=params, points_map=None if bc is None else bc.undistort_points,
+            return_covariance=True,
+        )
+    try:
+        check_transform(fmap.matrix(theta).numpy(), shape, "geometry")
+    except ValueError as err:
+        if not params.fallback:
+            raise ValueError(
+                f"geometry: the {model} estimated for frame {k} is unusable ({err}); the frame "
+                "may not show the reference scene"
+            ) from None
+        return None, unassessed(fmap.n, f"degenerate ({err})")
+    wfit = np.where(np.isfinite(wts) & (wts > 0), wts, 0.0)
+    return theta, assess_transform(fmap, theta, cov, src, dst, wfit, fit.weights, params)
 
 
 def _shrink(motion, factor: float):

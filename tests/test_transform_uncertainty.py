@@ -1,0 +1,173 @@
+"""Uncertainty of global transforms: covariance, corner uncertainty, reliability, fallback."""
+
+import warnings
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+
+from mfsr import fuse
+from mfsr.alignment import align
+from mfsr.geometry import (
+    FrameMap,
+    GeometryParams,
+    TransformUncertainty,
+    UnreliableTransformWarning,
+    corner_sd,
+    estimate_transform,
+    fit_transform,
+    refine_photometric,
+    warp,
+)
+from mfsr.synth import sample_image, simulate_geometric_burst
+
+SHAPE = (120, 160)
+
+
+def _corners(shape):
+    h, w = shape
+    return np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
+
+
+def _affine_matches(rng, n=150):
+    src = rng.uniform([0, 0], [SHAPE[1] - 1, SHAPE[0] - 1], (n, 2))
+    A = np.array([[1.01, 0.004, 1.3], [-0.006, 0.995, -0.7]])
+    dst = src @ A[:, :2].T + A[:, 2]
+    sd = rng.uniform(0.05, 0.1, n)  # heteroscedastic, within Tukey's inlier band
+    return src, dst, sd
+
+
+def _numpy_wls_corner_sd(src, sd, shape):
+    """Reference: exact corner standard deviation of a weighted least-squares
+    affine fit with the true per-match noise (weights 1 / sd^2)."""
+    X = np.c_[src, np.ones(len(src))]
+    cov = np.linalg.inv(X.T @ (X / sd[:, None] ** 2))  # per axis, the same for x and y
+    c = np.c_[_corners(shape), np.ones(4)]
+    return np.sqrt(2 * np.einsum("ci,ij,cj->c", c, cov, c))  # x and y errors add
+
+
+def test_fit_covariance_matches_numpy_wls_and_monte_carlo():
+    rng = np.random.default_rng(0)
+    src, clean, sd = _affine_matches(rng)
+    ref = _numpy_wls_corner_sd(src, sd, SHAPE)
+    fmap = FrameMap("affine", SHAPE)
+    predicted, est = [], []
+    for _ in range(60):
+        dst = clean + rng.normal(size=clean.shape) * sd[:, None]
+        fit = fit_transform(src, dst, "affine", SHAPE, weights=1 / sd**2, params=GeometryParams(ransac_iterations=50))
+        predicted.append(corner_sd(fmap, fit.theta, fit.covariance))
+        assert fit.corner_uncertainty == pytest.approx(predicted[-1].max())
+        q = np.c_[_corners(SHAPE), np.ones(4)] @ fit.matrix.T
+        est.append(q[:, :2] / q[:, 2:])
+    est = np.array(est)
+    mc = np.sqrt(((est - est.mean(0)) ** 2).sum(-1).mean(0))  # RMS corner error over the draws
+    # the covariance (estimated residual variance) against the exact one
+    np.testing.assert_allclose(np.mean(predicted, 0), ref, rtol=0.1)
+    # and against the spread of the fit itself over noise draws
+    np.testing.assert_allclose(mc, ref, rtol=0.25)
+
+
+def test_exact_fit_of_few_matches_keeps_an_uncertainty():
+    # four matches fitted exactly by an affine model: zero residuals, but
+    # the residual scale is floored (min_sigma), so the corners stay uncertain
+    src = np.r_[_corners(SHAPE)[:3] + 5.0, [[80.0, 60.0]]]
+    fit = fit_transform(src, src + 1.0, "affine", SHAPE)
+    assert fit.corner_uncertainty > GeometryParams().min_sigma / 2
+    assert fit.weights.shape == (4,)
+
+
+def _texture(size, sigma=1.5, seed=2):
+    rng = np.random.default_rng(seed)
+    t = gaussian_filter(rng.random((size, size)), sigma)
+    return ((t - t.min()) / np.ptp(t)).astype(np.float32)
+
+
+def test_photometric_covariance_matches_monte_carlo():
+    scene = _texture(96)
+    H = np.array([[1.003, 0.002, 0.6], [-0.002, 0.998, -1.2], [0, 0, 1.0]])
+    moving = warp(scene, np.linalg.inv(H), mode="bicubic")
+    fmap = FrameMap("affine", scene.shape)
+    th0 = fmap.theta_from(H)
+    est, predicted = [], []
+    for rep in range(30):
+        r = np.random.default_rng(100 + rep)
+        ref = scene + r.normal(0, 0.04, scene.shape).astype(np.float32)
+        mov = moving + r.normal(0, 0.04, scene.shape).astype(np.float32)
+        th, cov = refine_photometric(ref, mov, fmap, th0, return_covariance=True)
+        assert cov.shape == (6, 6) and np.allclose(cov, cov.T)
+        est.append(th)
+        predicted.append(corner_sd(fmap, th, cov))
+    corners = []
+    for th in est:
+        q = np.c_[_corners(scene.shape), np.ones(4)] @ fmap.matrix(th).numpy().T
+        corners.append(q[:, :2])
+    corners = np.array(corners)
+    mc = np.sqrt(((corners - corners.mean(0)) ** 2).sum(-1).mean(0))
+    ratio = np.mean(predicted, 0) / mc
+    assert np.all((ratio > 0.7) & (ratio < 1.4)), ratio
+
+
+def _flat_bayer_burst(seed=3):
+    # a dim, nearly featureless scene under heavy noise: nothing to pin a homography to
+    y, x = np.mgrid[0:128, 0:128] / 128.0
+    base = 0.05 + 0.01 * np.sin(2 * np.pi * x) + 0.005 * y
+    scene = np.repeat(base[..., None], 3, -1).astype(np.float32)
+    return simulate_geometric_burst(scene, n_frames=3, scale=2, cfa="RGGB", max_shift=2, corner_shift=3,
+                                    alpha=2e-2, beta=2e-3, seed=seed)
+
+
+def test_low_texture_burst_is_flagged_and_falls_back():
+    b = _flat_bayer_burst()
+    with pytest.warns(UnreliableTransformWarning, match=r"frame 1.*local registration alone"):
+        res = fuse(b.frames, scale=1, cfa="RGGB", noise=b.noise, refine=False, geometry="homography")
+    assert res.transform_reliable.dtype == bool and res.transform_reliable.shape == (3,)
+    assert res.transform_reliable[0] and not res.transform_reliable[1:].any()
+    assert res.transform_uncertainty[0] == 0
+    assert np.all(res.transform_uncertainty[1:] > GeometryParams().max_corner_uncertainty)
+    np.testing.assert_allclose(res.transforms, np.tile(np.eye(3), (3, 1, 1)))
+    plain = fuse(b.frames, scale=1, cfa="RGGB", noise=b.noise, refine=False)
+    assert plain.transform_reliable is None and plain.transform_uncertainty is None
+    np.testing.assert_allclose(res.image, plain.image, atol=1e-5)
+    np.testing.assert_allclose(res.flow, plain.flow, atol=1e-5)
+
+
+def test_fallback_off_uses_the_estimate_but_still_flags_it():
+    b = _flat_bayer_burst()
+    with pytest.warns(UnreliableTransformWarning, match="used anyway"):
+        al = align(b.frames, "RGGB", 0, geometry="homography", geometry_params=GeometryParams(fallback=False))
+    assert not al.transform_reliable[1:].any()
+    assert not np.allclose(al.transforms[1:], np.eye(3))
+
+
+def test_textured_burst_is_not_flagged():
+    img = sample_image("astronaut", size=192)
+    b = simulate_geometric_burst(img, n_frames=3, scale=2, max_shift=3, corner_shift=4, local_warp=0.05,
+                                 alpha=1e-3, beta=1e-4, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnreliableTransformWarning)
+        res = fuse(b.frames, scale=1, noise=b.noise, refine=False, geometry="homography")
+    assert res.transform_reliable.all()
+    assert np.all(res.transform_uncertainty[1:] > 0)
+    assert np.all(res.transform_uncertainty <= GeometryParams().max_corner_uncertainty)
+
+
+def test_estimate_transform_returns_its_uncertainty():
+    scene = _texture(128)
+    H = np.array([[1.004, 0.003, 0.7], [-0.002, 0.997, -1.3], [0, 0, 1.0]])
+    moving = warp(scene, np.linalg.inv(H), mode="bicubic")
+    rng = np.random.default_rng(4)
+    moving = moving + rng.normal(0, 0.01, moving.shape).astype(np.float32)
+    H0 = estimate_transform(scene, moving, "affine")
+    H1, unc = estimate_transform(scene, moving, "affine", return_uncertainty=True)
+    np.testing.assert_allclose(H1, H0, atol=1e-9)
+    assert isinstance(unc, TransformUncertainty)
+    assert unc.reliable and unc.reason == ""
+    assert unc.covariance.shape == (6, 6) and unc.corner_sd.shape == (4,)
+    assert 0 < unc.corner_uncertainty < 0.05
+    # the same pair at 5 % contrast, buried in noise: flagged, with a warning, still returned
+    faint = [0.05 * a + rng.normal(0, 0.05, a.shape).astype(np.float32) for a in (scene, moving)]
+    with pytest.warns(UnreliableTransformWarning, match="estimate_transform"):
+        _, bad = estimate_transform(*faint, "affine", return_uncertainty=True)
+    assert not bad.reliable and "corner uncertainty" in bad.reason
+    assert bad.corner_uncertainty > GeometryParams().max_corner_uncertainty
+
