@@ -331,7 +331,7 @@ def test_estimate_transform_ignores_masked_clouds():
     moving[20:70, 30:90] = 1.0  # a cloud in the moving pass
     mask = np.ones(scene.shape, bool)
     mask[12:78, 22:98] = False
-    est = estimate_transform(scene, moving, "translation", mask=mask)
+    est = estimate_transform(scene, moving, "translation", valid=mask)
     np.testing.assert_allclose(est[:2, 2], [1.4, 0.6], atol=0.03)
 
 

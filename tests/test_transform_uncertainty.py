@@ -171,3 +171,22 @@ def test_estimate_transform_returns_its_uncertainty():
     assert not bad.reliable and "corner uncertainty" in bad.reason
     assert bad.corner_uncertainty > GeometryParams().max_corner_uncertainty
 
+
+def test_estimate_transform_valid_and_deprecated_mask():
+    scene = _texture(96)
+    H = np.array([[1, 0, 1.4], [0, 1, 0.6], [0, 0, 1.0]])
+    moving = warp(scene, np.linalg.inv(H), mode="bicubic")
+    valid = np.ones(scene.shape, bool)
+    valid[10:40, 20:60] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        new = estimate_transform(scene, moving, "translation", valid=valid)
+    with pytest.warns(DeprecationWarning, match="mask= is deprecated, use valid="):
+        old = estimate_transform(scene, moving, "translation", mask=valid)
+    np.testing.assert_allclose(old, new, atol=1e-9)
+    with pytest.raises(TypeError, match="valid= only"):
+        estimate_transform(scene, moving, "translation", valid=valid, mask=valid)
+    with pytest.raises(ValueError, match="^valid: expected shape"):
+        estimate_transform(scene, moving, "translation", valid=valid[:-1])
+    with pytest.raises(ValueError, match="^valid: fewer than 5%"):
+        estimate_transform(scene, moving, "translation", valid=np.zeros(scene.shape, bool))

@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import torch
 
+from ..deprecation import renamed_argument
 from ..registration import RegistrationParams, align_frame, prepare_reference
 from ._estimate import (
     FrameMap,
@@ -46,6 +47,7 @@ def estimate_transform(
     moving,
     model: str = "affine",
     *,
+    valid=None,
     mask=None,
     registration: RegistrationParams | None = None,
     params: GeometryParams | None = None,
@@ -65,9 +67,12 @@ def estimate_transform(
         Images on the same grid (same shape), linear values; NaN marks
         missing data (both images).
     model : {"translation", "similarity", "affine", "homography"}
+    valid : ndarray of bool, shape (H, W), optional
+        True where the reference pixel holds usable data (e.g. a clear-sky
+        mask); tiles and pixels outside it are ignored.
     mask : ndarray of bool, shape (H, W), optional
-        Valid reference pixels (e.g. clear-sky mask); tiles and pixels
-        outside it are ignored.
+        Deprecated name of ``valid`` (same polarity: True = used); warns
+        with a ``DeprecationWarning``.
     registration : RegistrationParams, optional
     params : GeometryParams, optional
     return_uncertainty : bool
@@ -95,6 +100,8 @@ def estimate_transform(
     ValueError
         On mismatched shapes, an unknown model, too little valid data, or a
         degenerate result.
+    TypeError
+        If both ``valid`` and ``mask`` are given.
 
     Examples
     --------
@@ -107,6 +114,8 @@ def estimate_transform(
     >>> np.round(estimate_transform(ref, moved, "translation")[:2, 2], 1)
     array([ 1.5, -0.5])
     """
+    given = renamed_argument("estimate_transform", "mask", mask, "valid", valid)
+    argname = "mask" if mask is not None else "valid"
     model = check_model(model, "model")
     params = GeometryParams() if params is None else params
     ref = _grey(reference, "reference")
@@ -114,13 +123,13 @@ def estimate_transform(
     if ref.shape != mov.shape:
         raise ValueError(f"moving: shape {mov.shape} differs from the reference shape {ref.shape}")
     valid = np.isfinite(ref) & np.isfinite(mov)
-    if mask is not None:
-        m = np.asarray(mask, bool)
+    if given is not None:
+        m = np.asarray(given, bool)
         if m.shape != ref.shape:
-            raise ValueError(f"mask: expected shape {ref.shape}, got {m.shape}")
+            raise ValueError(f"{argname}: expected shape {ref.shape}, got {m.shape}")
         valid &= m
     if valid.mean() < 0.05:
-        raise ValueError("mask: fewer than 5% of the pixels are valid")
+        raise ValueError(f"{argname}: fewer than 5% of the pixels are valid")
     fill = float(np.median(ref[valid]))
     ref = np.where(np.isfinite(ref), ref, fill).astype(np.float32)
     mov = np.where(np.isfinite(mov), mov, fill).astype(np.float32)
