@@ -65,9 +65,10 @@ from .masked_fusion import (
 )
 from .masks import MaskSpec, parse_masks, read_mask_window
 from .pass_geometry import PassGeometry
+from .pass_refinement import check_refine, refine_band, refines_scale, warn_unrefined
 from .passes import ArrayDataset, PassInfo, check_compatible, read_pass_info, read_window
 from .radiometry import fit_linear, masked_noise, working_range
-from .tie_points import MIN_GRID, TiePoints, measure_tie_points, node_grid, residual_field
+from .tie_points import MIN_GRID, TiePoints, fit_model, measure_tie_points, node_grid, residual_field
 from .tiles import TileTask, parse_scheduler, plan_tiles, run_tasks
 from .band_metadata import fused_band_metadata
 from .writer import RasterWriter, abort_all, check_output_path, commit_all
@@ -291,6 +292,7 @@ class _Context:
     back_projection: int = 2
     clip: tuple[float, float] | None = None
     margin: float = 0.0  # allowed overshoot beyond the local sample range, normalised
+    refine: bool = False  # apply the satellite refinement network (mfsr.geo.pass_refinement)
 
 
 def _read_pass(ps: _Pass, grid: Grid, bands, rows, cols) -> tuple[np.ndarray, np.ndarray]:
@@ -410,6 +412,13 @@ def _fuse_tile(args) -> tuple[TileTask, np.ndarray, np.ndarray, np.ndarray]:
         if s >= GUARD_MIN_SCALE:  # below it the guard changes nothing and the clamp would only repeat itself
             for _ in range(GUARD_ROUNDS):
                 img = clamp_to_bounds(nyquist_guard(img, s), lo_b, hi_b, s, ctx.margin)
+        if ctx.refine:
+            # On the whole tile (its halo covers the network's receptive
+            # field), then held to the same local bounds: the network may
+            # restore detail but never leave the accepted samples' range.
+            refined = np.stack([refine_band(img[..., b], count, noise=ctx.noise, n_passes=len(ctx.passes), scale=s)
+                                for b in range(img.shape[-1])], axis=-1)
+            img = clamp_to_bounds(refined, lo_b, hi_b, s, ctx.margin)
     del frames, valids
     y0 = _out_index(task.core_rows[0], ctx.grid.height, ctx.out_height, s) - o0[0]
     y1 = _out_index(task.core_rows[1], ctx.grid.height, ctx.out_height, s) - o0[0]
@@ -480,6 +489,7 @@ def fuse_rasters(
     geometry: str = DEFAULT_GEOMETRY,
     local: bool = DEFAULT_LOCAL,
     save_displacement=None,
+    refine: bool = False,
 ) -> GeoFusionResult:
     """Fuse several passes over one area into one finer, georeferenced GeoTIFF.
 
@@ -580,6 +590,14 @@ def fuse_rasters(
         the tie-point grid: bands ``dy``, ``dx`` per pass (working-grid px,
         reference pixel ``(y, x)`` at ``(y + dy, x + dx)`` of the pass),
         for inspection like AROSICS' tie-point grid.
+    refine : bool
+        Apply the learned satellite refinement (:mod:`mfsr.geo.pass_refinement`,
+        weights trained on simulated passes by :mod:`mfsr.geo.train_refiner`)
+        to every band of the fused product, after the overshoot clamp and the
+        Nyquist guard, then clamp it to the same local bounds of the accepted
+        samples. Trained for scale 2 only: other scales keep the plain product
+        (with a warning). A single pass is never refined. Default False
+        (benchmarks/RESULTS.md has the measurements behind it).
 
     Returns
     -------
@@ -630,6 +648,7 @@ def fuse_rasters(
     reference, tile, max_shift, min_correlation, back_projection, params = _check_options(
         n, reference, tile, max_shift, min_correlation, back_projection, params)
     _check_geometry(geometry, local)
+    refine = _check_refine(refine, scale)
     parse_scheduler(scheduler)
     workers = _check_workers(workers)
 
@@ -665,6 +684,7 @@ def fuse_rasters(
         back_projection=back_projection, params=params, tile=tile, progress=progress,
         geometry=geometry, local=local,
     )
+    ctx = replace(ctx, refine=refine)
 
     # --- Tiled fusion and output -------------------------------------------
     ref_info = infos[result.reference]
@@ -769,6 +789,7 @@ def fuse_arrays(
     params: FusionParams | None = None,
     geometry: str = DEFAULT_GEOMETRY,
     local: bool = DEFAULT_LOCAL,
+    refine: bool = False,
 ) -> tuple[np.ndarray, GeoFusionResult]:
     """Fuse passes held in memory (NumPy or Dask) on one grid, as :func:`fuse_rasters` fuses files.
 
@@ -804,7 +825,7 @@ def fuse_arrays(
         ``data[k]``).
     tile, workers, radiometric, robust, progress, shifts, max_shift, min_correlation, sample, back_projection, params :
         As in :func:`fuse_rasters` (tiles run on Dask's threaded scheduler).
-    geometry, local :
+    geometry, local, refine :
         As in :func:`fuse_rasters`.
 
     Returns
@@ -852,6 +873,7 @@ def fuse_arrays(
     reference, tile, max_shift, min_correlation, back_projection, params = _check_options(
         n, reference, tile, max_shift, min_correlation, back_projection, params)
     _check_geometry(geometry, local)
+    refine = _check_refine(refine, scale)
     workers = _check_workers(workers)
     nodata = None if nodata is None else float(nodata)
 
@@ -864,6 +886,7 @@ def fuse_arrays(
         radiometric=radiometric, robust=robust, back_projection=back_projection, params=params,
         tile=tile, progress=progress, geometry=geometry, local=local,
     )
+    ctx = replace(ctx, refine=refine)
     fused = np.full((nb, result.height, result.width), np.nan, np.float32)
     for rows, cols, core, _, _ in _run_tiles(ctx, tasks, "threads", workers, progress):
         fused[:, rows[0] : rows[1], cols[0] : cols[1]] = np.moveaxis(core, -1, 0)
@@ -903,6 +926,15 @@ def _check_geometry(geometry, local) -> None:
         raise ValueError(f"geometry: expected one of {', '.join(MODELS)}, got {geometry!r}")
     if not isinstance(local, (bool, np.bool_)):
         raise TypeError(f"local: expected True or False, got {local!r}")
+
+
+def _check_refine(refine, scale: float) -> bool:
+    """``refine`` checked (TypeError naming it); False, with a warning, at a scale the network does not know."""
+    refine = check_refine(refine)
+    if refine and not refines_scale(scale):
+        warn_unrefined(scale)
+        return False
+    return refine
 
 
 def _check_tile_memory(infos, n_bands: int, scale: float, tile: int) -> None:
@@ -1174,6 +1206,14 @@ def _symmetric_shift(forward, movs, mov_est, ref_wide, margin) -> np.ndarray:
     return 0.5 * (np.asarray(forward, np.float64) + (q - back.shift))
 
 
+def _significant(matrix: np.ndarray, std: float, h: int, w: int) -> bool:
+    """Whether a model's linear part moves a corner of the grid beyond MIN_MODEL_PX and MODEL_SIGMAS std."""
+    centre = np.array([(h - 1) / 2, (w - 1) / 2])
+    corners = np.array([[0, 0], [0, w - 1], [h - 1, 0], [h - 1, w - 1]], np.float64) - centre
+    moved = float(np.abs(corners @ matrix[:, :2].T).max())
+    return moved > max(MIN_MODEL_PX, MODEL_SIGMAS * std)
+
+
 def _fit_pass_geometry(ref_pass, ps, grid, band_idx, lo, hi, windows, ref_grey, ref_est, mov_grey, mov_est,
                        margin, total, fr, model, local, min_correlation):
     """Global model beyond translation and local residual of one registered pass.
@@ -1188,23 +1228,11 @@ def _fit_pass_geometry(ref_pass, ps, grid, band_idx, lo, hi, windows, ref_grey, 
     name, std = "translation", float("nan")
     h, w = grid.height, grid.width
     large = min(h, w) >= MIN_GRID
-    if model != "translation" and large:
-        try:
-            est = estimate_shift(ref_grey, ref_est, mov_grey, mov_est, margin, model=model,
-                                 positions=[(rows[0], cols[0]) for rows, cols in windows], initial=total)
-        except ValueError:
-            est = None
-        if est is not None:
-            m = est.matrix.copy()
-            m[:, 2] -= np.asarray(fr, np.float64)
-            lin = m[:, :2]
-            centre = np.array([(h - 1) / 2, (w - 1) / 2])
-            corners = np.array([[0, 0], [0, w - 1], [h - 1, 0], [h - 1, w - 1]], np.float64) - centre
-            moved = float(np.abs(corners @ lin.T).max())
-            if moved > max(MIN_MODEL_PX, MODEL_SIGMAS * est.model_std):
-                geom, name, std = PassGeometry(m), model, est.model_std
     points = None
     if local and large:
+        # Tie points from the translation; the global model is then fitted
+        # to them (cheap, and it covers the whole grid, not only the sample
+        # windows), and the residual is measured against it.
         iy = int(np.floor(ps.total[0]))
         ix = int(np.floor(ps.total[1]))
         frac = np.array([ps.total[0] - iy, ps.total[1] - ix])
@@ -1221,10 +1249,25 @@ def _fit_pass_geometry(ref_pass, ps, grid, band_idx, lo, hi, windows, ref_grey, 
         points = measure_tie_points(read(ref_pass, ry, rx), read(ps, iy, ix), start, h, w,
                                     min_correlation=min_correlation)
         points.shifts -= frac
+        if model != "translation":
+            fit = fit_model(points, model, h, w)
+            if fit is not None and _significant(fit[0], fit[1], h, w):
+                geom, name, std = PassGeometry(fit[0]), model, fit[1]
         residual, _ = residual_field(points, geom)
         if residual is not None:
             geom = PassGeometry(geom.matrix, points.rows, points.cols, residual)
             name += "+local"
+    elif model != "translation" and large:
+        try:
+            est = estimate_shift(ref_grey, ref_est, mov_grey, mov_est, margin, model=model,
+                                 positions=[(rows[0], cols[0]) for rows, cols in windows], initial=total)
+        except ValueError:
+            est = None
+        if est is not None:
+            m = est.matrix.copy()
+            m[:, 2] -= np.asarray(fr, np.float64)
+            if _significant(m, est.model_std, h, w):
+                geom, name, std = PassGeometry(m), model, est.model_std
     if geom.is_translation:
         return None, name, std, points
     return geom, name, std, points

@@ -32,7 +32,7 @@ from .coregister import estimate_shift
 from .pass_geometry import PassGeometry
 
 __all__ = [
-    "TiePoints", "node_grid", "measure_tie_points", "residual_field",
+    "TiePoints", "node_grid", "measure_tie_points", "fit_model", "residual_field",
     "MIN_SPACING", "MAX_NODES", "MAX_NODE_STD", "MIN_NODES", "MIN_GRID", "NODE_WINDOW",
 ]
 
@@ -40,10 +40,10 @@ __all__ = [
 # shift to 0.1 px (and the time per node no longer drops).
 MIN_SPACING = 32
 # Most nodes along an axis (time grows with their number).
-MAX_NODES = 24
+MAX_NODES = 16
 # Largest window measured at a node (its cell's centre), px: larger cells
 # are sampled at their centre, so the time per node stays bounded.
-NODE_WINDOW = 128
+NODE_WINDOW = 96
 # Fewest nodes along each axis for a residual field.
 MIN_NODES = 3
 # Smallest working grid (px, each axis) for a residual field or a global
@@ -56,8 +56,10 @@ MIN_GRID = 192
 MAX_NODE_STD = 0.1
 # Smallest fraction of clear pixels in a reliable node's window.
 MIN_CLEAR = 0.5
-# Search margin around the model's prediction, px.
-NODE_MARGIN = 4
+# Search margin around the starting prediction, px (shifts up to 2 px less
+# are found: a 0.1 deg rotation moves the corners of a 2000 px grid by 2.5 px
+# from a translation).
+NODE_MARGIN = 6
 # Smoothing of the residual over the node grid (Gaussian sigma, nodes).
 SMOOTH_NODES = 0.35
 # A node further than this from its neighbours' median (px) is dropped.
@@ -193,6 +195,71 @@ def measure_tie_points(
     reliable = (np.isfinite(shifts[..., 0]) & (std <= MAX_NODE_STD) & (corr >= min_correlation)
                 & (clear >= MIN_CLEAR))
     return TiePoints(rows, cols, shifts, std, corr, clear, reliable)
+
+
+def fit_model(points: TiePoints, model: str, height: int, width: int) -> tuple[np.ndarray, float] | None:
+    """Global model fitted to the reliable tie points (robust least squares).
+
+    Parameters
+    ----------
+    points : TiePoints
+    model : {"similarity", "affine"}
+    height, width : int
+        Working grid, px: the corner uncertainty is evaluated at its corners.
+
+    Returns
+    -------
+    (matrix, corner_std) or None
+        The (2, 3) displacement matrix (``(dy, dx) = matrix @ (y, x, 1)``)
+        and the largest standard deviation (px) of the modelled displacement
+        at the grid's corners, from the fit's covariance with the scatter of
+        the points about it (local displacement included: an honest, not a
+        statistical-only, uncertainty). None with fewer than 6 reliable
+        points.
+    """
+    ok = points.reliable
+    if ok.sum() < 6:
+        return None
+    yy, xx = np.meshgrid(points.rows, points.cols, indexing="ij")
+    y, x, d = yy[ok], xx[ok], points.shifts[ok]
+    cy, cx = (height - 1) / 2, (width - 1) / 2
+    half = max(height, width) / 2
+    u, v = (y - cy) / half, (x - cx) / half
+    one, zero = np.ones_like(u), np.zeros_like(u)
+    if model == "similarity":
+        # dy = ty + a u + b v, dx = tx - b u + a v
+        a = np.concatenate([np.stack([one, zero, u, v], 1), np.stack([zero, one, v, -u], 1)])
+    else:
+        a = np.concatenate([np.stack([one, zero, u, v, zero, zero], 1), np.stack([zero, one, zero, zero, u, v], 1)])
+    b = np.concatenate([d[:, 0], d[:, 1]])
+    w = np.ones(b.size)
+    theta = np.zeros(a.shape[1])
+    for _ in range(5):  # Huber IRLS: a cloud edge or a changed field does not tilt the model
+        aw = a * w[:, None]
+        theta = np.linalg.lstsq(aw.T @ a, aw.T @ b, rcond=None)[0]
+        r = b - a @ theta
+        scale = 1.4826 * np.median(np.abs(r)) + 1e-6
+        w = np.minimum(1.0, 1.345 * scale / np.maximum(np.abs(r), 1e-12))
+    aw = a * w[:, None]
+    dof = max(b.size - a.shape[1], 1)
+    sigma2 = float((w * r**2).sum() / dof)
+    cov = sigma2 * np.linalg.pinv(aw.T @ a)
+    if model == "similarity":
+        lin = np.array([[theta[2], theta[3]], [-theta[3], theta[2]]]) / half
+    else:
+        lin = theta[2:].reshape(2, 2) / half
+    matrix = np.zeros((2, 3))
+    matrix[:, :2] = lin
+    matrix[:, 2] = theta[:2] - lin @ np.array([cy, cx])
+    corner = np.array([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]]) * np.array([cy, cx]) / half
+    worst = 0.0
+    for cu, cv in corner:
+        if model == "similarity":
+            rows = np.array([[1, 0, cu, cv], [0, 1, cv, -cu]], np.float64)
+        else:
+            rows = np.array([[1, 0, cu, cv, 0, 0], [0, 1, 0, 0, cu, cv]], np.float64)
+        worst = max(worst, float(np.sqrt(np.max(np.einsum("ip,pq,iq->i", rows, cov, rows)))))
+    return matrix, worst
 
 
 def residual_field(points: TiePoints, model: PassGeometry) -> tuple[np.ndarray | None, np.ndarray]:
