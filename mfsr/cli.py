@@ -211,14 +211,16 @@ def _build_parser() -> argparse.ArgumentParser:
         help="also write every pass's displacement (dy, dx bands per pass, working-grid px) on the "
         "tie-point grid, as a GeoTIFF",
     )
-    learned = f.add_argument_group("learned refinement (camera bursts and image files)")
+    learned = f.add_argument_group("learned refinement (camera bursts and image files; --refine/--no-refine "
+                                   "also for satellite passes)")
     ref = learned.add_mutually_exclusive_group()
     ref.add_argument(
         "--refine",
         dest="refine",
         action="store_true",
         default=None,
-        help="apply the shipped refinement network after the fusion (default: mfsr.fuse's default)",
+        help="apply the shipped refinement network after the fusion (default: mfsr.fuse's default; for "
+        "satellite passes the satellite network of mfsr.geo.pass_refinement, default off, scale 2 only)",
     )
     ref.add_argument("--no-refine", dest="refine", action="store_false", help="keep the plain kernel fusion")
     learned.add_argument(
@@ -511,6 +513,7 @@ def _fuse_passes(args: argparse.Namespace, passes: list[Path]) -> int:
         progress=not args.quiet,
         **({} if args.geometry is None else {"geometry": args.geometry}),
         **({} if args.local is None else {"local": args.local}),
+        **({} if args.refine is None else {"refine": args.refine}),
     )
     if not args.quiet:
         print(f"{'pass':<40}{'dy (px)':>9}{'dx (px)':>9}{'valid':>8}  {'model':<17}{'rot (deg)':>10}{'scale-1':>10}")
@@ -594,7 +597,7 @@ _ROUTE_OPTIONS = (
     ("--raw-bits", "raw_bits", ("raw",)),
     ("--white-balance", "white_balance", ("raw",)),
     ("--color-matrix", "color_matrix", ("raw",)),
-    ("--refine/--no-refine", "refine", ("raw", "image")),
+    ("--refine/--no-refine", "refine", ("raw", "image", "geo")),
     ("--save-refinement", "save_refinement", ("raw", "image")),
     ("--merge-sharpen", "merge_sharpen", ("raw", "image")),
     ("--psf-sigma", "psf_sigma", ("raw", "image")),
@@ -785,6 +788,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_warning(message, *args, **kwargs) -> None:
+    # Through tqdm so that a warning raised under a progress bar gets a line
+    # of its own instead of sharing (and losing) the bar's.
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"mfsr: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mfsr`` command; returns the exit status."""
     parser = _build_parser()
@@ -793,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings(), _terminate_cleanly():
         # Show each warning as one plain line, like the errors.
         warnings.simplefilter("default")
-        warnings.showwarning = lambda msg, *a, **k: print(f"mfsr: warning: {msg}", file=sys.stderr)
+        warnings.showwarning = _show_warning
         try:
             return commands[args.command](args)
         except (ValueError, OSError) as exc:
