@@ -4,6 +4,7 @@ Usage::
 
     .venv/bin/python benchmarks/bench_speed.py                 # 3000 x 4000, 8 frames
     .venv/bin/python benchmarks/bench_speed.py --rows 1500 --cols 2000
+    .venv/bin/python benchmarks/bench_speed.py --frames-sweep      # memory for 4, 8, 16 frames
 
 The burst is simulated once (RGGB, hand-shake motion, moderate noise) and cached
 in ``benchmarks/out/``. Every measurement then runs in a fresh child process so
@@ -22,7 +23,14 @@ that its peak resident memory is its own:
 - the unit of the CPU-independent goals: one ``scipy.ndimage.zoom`` of one
   frame by 2 with cubic splines (``order=3``), timed in every child.
 
-The markdown table is printed and written to ``benchmarks/out/speed.md``.
+With ``--frames-sweep`` only the kernel fusion runs, for bursts of 4, 8 and
+16 frames (default size 1500 x 2000): its peak RSS above the process's
+resident memory before the burst was loaded, minus the burst itself, is the
+fusion's working memory, which should not grow with the number of frames
+(issue 18: within 10 %).
+
+The markdown table is printed and written to ``benchmarks/out/speed.md``
+(``speed_frames.md`` for the sweep).
 """
 
 from __future__ import annotations
@@ -47,13 +55,14 @@ GOALS_S = {1.0: 4.0, 2.0: 12.0}
 ZOOM_GOALS = {1.0: (1.2, 3.0), 2.0: (3.5, 6.0)}
 
 
-def burst_path(rows: int, cols: int) -> Path:
-    return OUT / f"burst_{rows}x{cols}_rggb.npy"
+def burst_path(rows: int, cols: int, n_frames: int = N_FRAMES) -> Path:
+    suffix = "" if n_frames == N_FRAMES else f"_n{n_frames}"
+    return OUT / f"burst_{rows}x{cols}_rggb{suffix}.npy"
 
 
-def make_burst(rows: int, cols: int) -> Path:
+def make_burst(rows: int, cols: int, n_frames: int = N_FRAMES) -> Path:
     """Simulate (once) and cache the benchmark burst."""
-    path = burst_path(rows, cols)
+    path = burst_path(rows, cols, n_frames)
     if path.exists():
         return path
     from scipy.ndimage import zoom
@@ -68,7 +77,7 @@ def make_burst(rows: int, cols: int) -> Path:
     scene = (0.85 * scene + 0.15 * rng.random(scene.shape, dtype=np.float32)).astype(np.float32)
     t0 = time.perf_counter()
     burst = simulate_burst(
-        scene, n_frames=N_FRAMES, scale=1.0, cfa="RGGB", max_shift=3.0, max_rotation=0.3,
+        scene, n_frames=n_frames, scale=1.0, cfa="RGGB", max_shift=3.0, max_rotation=0.3,
         blur_sigma=0.5, alpha=2e-4, beta=2e-6, seed=0,
     )
     print(f"simulated {burst.frames.shape} in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -159,6 +168,36 @@ def child_run(path: str, scale: float) -> dict:
     }
 
 
+def child_memory(path: str, scale: float) -> dict:
+    from mfsr.fusion import fuse
+
+    fuse(_tiny_burst(), refine=False, scale=scale, cfa="RGGB")
+    rss_before = _rss_mb("VmRSS")
+    frames = np.load(path)
+    t0 = time.perf_counter()
+    fuse(frames, refine=False, scale=scale, cfa="RGGB")
+    return {"n": int(frames.shape[0]), "scale": scale, "s": time.perf_counter() - t0,
+            "burst_mb": frames.nbytes / 2**20, "peak_above_mb": _rss_mb("VmHWM") - rss_before}
+
+
+def frames_sweep(rows: int, cols: int) -> list[str]:
+    """Kernel-fusion working memory for 4, 8 and 16 frames (module docstring)."""
+    lines = [f"Kernel fusion of {cols}x{rows} RGGB bursts ({rows * cols / 1e6:.1f} MP): peak RSS above the "
+             "process before loading the burst, minus the burst's own bytes.", "",
+             "| scale | frames | burst | peak above start | working memory (peak - burst) | vs 8 frames | time |",
+             "|---|---|---|---|---|---|---|"]
+    for scale in (1.0, 2.0):
+        runs = [spawn(["--child", "memory", "--path", str(make_burst(rows, cols, n)), "--scale", str(scale)])
+                for n in (4, 8, 16)]
+        ref = next(r for r in runs if r["n"] == 8)
+        ref_work = ref["peak_above_mb"] - ref["burst_mb"]
+        for r in runs:
+            work = r["peak_above_mb"] - r["burst_mb"]
+            lines.append(f"| {scale:g} | {r['n']} | {r['burst_mb']:.0f} MB | {r['peak_above_mb']:.0f} MB | "
+                         f"{work:.0f} MB | {100 * (work / ref_work - 1):+.1f} % | {r['s']:.2f} s |")
+    return lines
+
+
 def spawn(args: list[str], env: dict | None = None) -> dict:
     cmd = [sys.executable, __file__, *args]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -171,7 +210,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--cols", type=int, default=4000)
-    parser.add_argument("--child", choices=("jit", "run"), help=argparse.SUPPRESS)
+    parser.add_argument("--frames-sweep", action="store_true",
+                        help="kernel-fusion memory for 4, 8 and 16 frames (default size 1500 x 2000)")
+    parser.add_argument("--child", choices=("jit", "run", "memory"), help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--scale", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -180,6 +221,17 @@ def main() -> None:
         return
     if args.child == "run":
         print(json.dumps(child_run(args.path, args.scale)))
+        return
+    if args.child == "memory":
+        print(json.dumps(child_memory(args.path, args.scale)))
+        return
+    if args.frames_sweep:
+        rows, cols = (1500, 2000) if (args.rows, args.cols) == (3000, 4000) else (args.rows, args.cols)
+        lines = frames_sweep(rows, cols) + ["", f"Machine: {os.cpu_count()} cores, {platform.machine()}, "
+                                            f"Python {platform.python_version()}."]
+        OUT.mkdir(exist_ok=True)
+        (OUT / "speed_frames.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
         return
 
     path = make_burst(args.rows, args.cols)
