@@ -11,9 +11,18 @@ Prints markdown tables to stdout:
 3. Brown-Conrady lens: PSNR against the rectified ground truth, fusion
    without correction vs ``distortion=coefficients``;
 4. focus breathing: recovered relative k1 and flow EPE with
-   ``distortion="estimate"``.
+   ``distortion="estimate"``;
+5. transform uncertainty (``--uncertainty``, or ``--only-uncertainty`` for
+   this table alone): 128 px noisy Bayer crops of the real captures in
+   ``../shared/data`` (the flattest and the most textured windows of the
+   openISP mosaic and of an HDR+ frame, and the bundled retina photo) with
+   simulated per-frame homographies: corner error of the transforms
+   reported reliable and of those flagged, the share flagged, needless
+   flags (flagged although within 0.1 px), and the fused PSNR without
+   geometry, with the estimates used regardless (no fallback) and with the
+   fallback; then the same figures per reliability threshold.
 
-Run: ``.venv/bin/python benchmarks/bench_geometry.py [--quick]``.
+Run: ``.venv/bin/python benchmarks/bench_geometry.py [--quick] [--uncertainty | --only-uncertainty]``.
 
 Every ``fuse`` call here is the kernel fusion (``refine=False``), so the
 geometry's own effect is measured.
@@ -23,12 +32,19 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
+from pathlib import Path
 
 import numpy as np
 
 from mfsr import fuse
+from mfsr.alignment import Alignment, align
+from mfsr.geometry import GeometryParams, UnreliableTransformWarning
+from mfsr.merge import merge
 from mfsr.metrics import corner_error, flow_epe, psnr
 from mfsr.synth import sample_image, simulate_burst, simulate_geometric_burst
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def timed(fn):
@@ -47,9 +63,9 @@ def homography_table(scenes, n_frames, size):
         ("CFA RGGB", dict(max_shift=3, corner_shift=5, local_warp=0.05, alpha=2e-3, beta=2e-4, cfa="RGGB")),
     ]
     print("## Homography bursts (scale 2, %d frames, %d px frames)\n" % (n_frames, size // 2))
-    print("| scene | condition | corner err median / max (px) | flow EPE none / homography (px) "
+    print("| scene | condition | corner err median / max (px) | flagged (needless) | flow EPE none / homography (px) "
           "| PSNR none / homography (dB) | gain (dB) | time none / homography (s) |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     allerr = []
     for scene in scenes:
         grey = scene in ("camera", "moon")
@@ -59,23 +75,34 @@ def homography_table(scenes, n_frames, size):
                 continue
             b = simulate_geometric_burst(img, n_frames=n_frames, scale=2, seed=11, **kw)
             r0, t0 = timed(lambda: fuse(b.frames, refine=False, scale=2, cfa=b.cfa, noise=b.noise))
-            r1, t1 = timed(lambda: fuse(b.frames, refine=False, scale=2, cfa=b.cfa, noise=b.noise, geometry="homography"))
-            e = corner_error(b.params["homographies"][1:], r1.transforms[1:], b.frames.shape[1:3])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UnreliableTransformWarning)
+                r1, t1 = timed(lambda: fuse(b.frames, refine=False, scale=2, cfa=b.cfa, noise=b.noise,
+                                            geometry="homography"))
+                flagged = ~r1.transform_reliable[1:]
+                est = r1.transforms
+                if flagged.any():  # the estimates themselves (flagged frames get the identity)
+                    est = align(b.frames, b.cfa, 0, geometry="homography",
+                                geometry_params=GeometryParams(fallback=False)).transforms
+            e = corner_error(b.params["homographies"][1:], est[1:], b.frames.shape[1:3])
+            needless = int((flagged & (e.max(1) <= UNC_GOAL)).sum())
             if label == "moderate noise":
                 allerr.append(e.ravel())
             p0 = psnr(r0.image, b.ground_truth, crop=8)
             p1 = psnr(r1.image, b.ground_truth, crop=8)
-            print(f"| {scene} | {label} | {np.median(e):.3f} / {e.max():.3f} | "
+            print(f"| {scene} | {label} | {np.median(e):.3f} / {e.max():.3f} | {int(flagged.sum())} ({needless}) | "
                   f"{flow_epe(r0.flow[1:], b.flow[1:]):.3f} / {flow_epe(r1.flow[1:], b.flow[1:]):.3f} | "
                   f"{p0:.2f} / {p1:.2f} | {p1 - p0:+.2f} | {t0:.1f} / {t1:.1f} |", flush=True)
     print(f"\nMedian corner error over all 'moderate noise' frames and corners: "
-          f"{np.median(np.concatenate(allerr)):.3f} px\n")
+          f"{np.median(np.concatenate(allerr)):.3f} px. Corner errors are of the estimates; flagged: frames "
+          f"judged unreliable (fused with the local registration alone), needless: of those, the ones "
+          f"within {UNC_GOAL:g} px at every corner.\n")
 
 
 def ordinary_table(scenes, n_frames, size):
     print("## Ordinary bursts (simulate_burst: shifts up to 3 px, rotation up to 0.5 deg, blur 0.5)\n")
-    print("| scene | input | PSNR none (dB) | PSNR homography (dB) | difference (dB) |")
-    print("|---|---|---|---|---|")
+    print("| scene | input | PSNR none (dB) | PSNR homography (dB) | difference (dB) | flagged |")
+    print("|---|---|---|---|---|---|")
     worst = 0.0
     for scene in scenes:
         for label, kw in (("RGB", {}), ("Bayer", dict(cfa="RGGB")),
@@ -88,10 +115,13 @@ def ordinary_table(scenes, n_frames, size):
                                blur_sigma=0.5, seed=5, **kw)
             noise = b.noise if b.noise[0] > 0 else None
             p0 = psnr(fuse(b.frames, refine=False, scale=2, cfa=b.cfa, noise=noise).image, b.ground_truth, crop=8)
-            p1 = psnr(fuse(b.frames, refine=False, scale=2, cfa=b.cfa, noise=noise, geometry="homography").image,
-                      b.ground_truth, crop=8)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UnreliableTransformWarning)
+                r1 = fuse(b.frames, refine=False, scale=2, cfa=b.cfa, noise=noise, geometry="homography")
+            p1 = psnr(r1.image, b.ground_truth, crop=8)
             worst = min(worst, p1 - p0)
-            print(f"| {scene} | {label} | {p0:.3f} | {p1:.3f} | {p1 - p0:+.3f} |", flush=True)
+            print(f"| {scene} | {label} | {p0:.3f} | {p1:.3f} | {p1 - p0:+.3f} | "
+                  f"{int((~r1.transform_reliable[1:]).sum())} |", flush=True)
     print(f"\nWorst difference: {worst:+.3f} dB\n")
 
 
@@ -130,16 +160,165 @@ def breathing_table(scenes, n_frames, size):
     print()
 
 
+# ----------------------------------------------------------------------------- transform uncertainty
+
+#: Noise levels of the uncertainty table (variance ``alpha * I + beta``): the
+#: homography table's moderate and heavy noise.
+UNC_NOISE = {"moderate": (2e-3, 2e-4), "heavy": (2e-2, 2e-3)}
+#: Reliability thresholds (corner uncertainty, input px) of the sweep; inf: the model checks alone.
+UNC_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3, np.inf)
+#: A transform counts as accurate within this corner error (input px).
+UNC_GOAL = 0.1
+
+
+def _windows(grey: np.ndarray, size: int, step: int):
+    """Mean absolute first difference of every ``size`` window on a ``step`` grid: [(texture, y, x)]."""
+    out = []
+    for y in range(0, grey.shape[0] - size + 1, step):
+        for x in range(0, grey.shape[1] - size + 1, step):
+            c = grey[y:y + size, x:x + size]
+            out.append((0.5 * (np.abs(np.diff(c, axis=0)).mean() + np.abs(np.diff(c, axis=1)).mean()), y, x))
+    return sorted(out)
+
+
+def uncertainty_scenes(size: int = 256) -> list[tuple[str, str, np.ndarray]]:
+    """(name, kind, linear RGB scene) crops: the flattest ("low texture") and
+    the most textured ``size`` window of each real capture on a half-window
+    grid, and the bundled retina photo (a low-texture case of the issue)."""
+    from mfsr.image_io import read_image
+    from mfsr.raw_io import read_headerless
+
+    scenes = []
+    raw = DATA / "bayer_openisp" / "openISP_test_1920x1080_RGGB_10bit_u16le.RAW"
+    hdr = DATA / "hdrplus_burst" / "frame-000.jpg"
+    if raw.exists():
+        m = read_headerless(raw, width=1920, height=1080, bits=10, cfa="RGGB").mosaic
+        # the mosaic's RGGB cells as RGB pixels: real sensor content for the simulator
+        rgb = np.stack([m[0::2, 0::2], (m[0::2, 1::2] + m[1::2, 0::2]) / 2, m[1::2, 1::2]], -1).astype(np.float32)
+        scenes.append(("openisp", rgb))
+    if hdr.exists():
+        scenes.append(("hdrplus", read_image(hdr)[0]))
+    out = []
+    for name, img in scenes:
+        w = _windows(img.mean(-1), size, size // 2)
+        for kind, (t, y, x) in (("low texture", w[0]), ("textured", w[-1])):
+            crop = np.ascontiguousarray(img[y:y + size, x:x + size])
+            out.append((f"{name} ({y}, {x}), mean {crop.mean():.3f}", kind, crop))
+    out.append(("retina (skimage)", "low texture", sample_image("retina", size=size)))
+    return out
+
+
+def _mixed(est: Alignment, plain: Alignment, use_model: np.ndarray) -> Alignment:
+    """The alignment the fallback makes: the model's flow where ``use_model``,
+    the plain tile registration's elsewhere (what ``global_registration``
+    does with ``fallback``; checked against it at the default threshold)."""
+    dense = est.flows.copy()
+    spreads = list(est.spreads)
+    for k in np.flatnonzero(~use_model):
+        dense[k] = plain.frame_flow(k)
+        spreads[k] = plain.spreads[k]
+    return Alignment(est.frame_shape, spreads, dense)
+
+
+def uncertainty_table(quick: bool):
+    scenes = uncertainty_scenes()
+    if not any(kind == "textured" for _, kind, _ in scenes):
+        print(f"## Transform uncertainty: skipped, no real captures under {DATA}\n")
+        return
+    seeds = (11,) if quick else (11, 12, 13)
+    n_frames, cfa, scale = 6, "RGGB", 2
+    default = GeometryParams()
+    # estimates used regardless, model checks only: the threshold is applied below
+    free = GeometryParams(fallback=False, max_corner_uncertainty=np.inf)
+    rows = []
+    for name, kind, scene in scenes:
+        for nname, (a, b) in UNC_NOISE.items():
+            cell = dict(err=[], unc=[], checks=[], p0=[], p_est=[], p_fb={}, p_fuse=[])
+            for seed in seeds:
+                bb = simulate_geometric_burst(scene, n_frames=n_frames, scale=scale, cfa=cfa, max_shift=3,
+                                              corner_shift=5, local_warp=0.05, alpha=a, beta=b, seed=seed)
+                frames, noise = bb.frames, bb.noise
+                shape = frames.shape[1:3]
+                plain = align(frames, cfa, 0)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UnreliableTransformWarning)
+                    est = align(frames, cfa, 0, geometry="homography", geometry_params=free)
+                    res = fuse(frames, refine=False, scale=scale, cfa=cfa, noise=noise, geometry="homography")
+                gt = bb.ground_truth
+
+                def score(al):
+                    return psnr(merge(frames, al, scale=scale, cfa=cfa, reference=0, noise=noise).image, gt, crop=8)
+
+                cell["err"].append(corner_error(bb.params["homographies"][1:], est.transforms[1:], shape).max(1))
+                cell["unc"].append(est.transform_uncertainty[1:])
+                cell["checks"].append(est.transform_reliable[1:])
+                cell["p0"].append(score(plain))
+                cell["p_est"].append(score(est))
+                for t in sorted(set(UNC_THRESHOLDS) | {default.max_corner_uncertainty}):
+                    use = est.transform_reliable & (est.transform_uncertainty <= t)
+                    cell["p_fb"].setdefault(t, []).append(score(_mixed(est, plain, use)))
+                cell["p_fuse"].append(psnr(res.image, gt, crop=8))
+                # the shortcut above is the pipeline's own fallback
+                assert abs(cell["p_fuse"][-1] - cell["p_fb"][default.max_corner_uncertainty][-1]) < 1e-3
+                assert np.array_equal(res.transform_reliable[1:], cell["checks"][-1]
+                                      & (cell["unc"][-1] <= default.max_corner_uncertainty))
+            c = {k: (np.concatenate(v) if k in ("err", "unc", "checks") else v) for k, v in cell.items()}
+            rows.append((name, kind, nname, c))
+    thr = default.max_corner_uncertainty
+    print(f"## Transform uncertainty: 128 px noisy Bayer crops of real captures (scale 2, {n_frames} frames, "
+          f"{len(seeds)} burst(s) each, threshold {thr:g} px)\n")
+    print("| crop | kind | noise | frames | flagged | corner err of reliable, median / max (px) | "
+          "corner err of flagged, median / max (px) | corner uncertainty, median (px) | needless flags | "
+          "PSNR none / no fallback / fallback (dB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+
+    def med_max(e):
+        return f"{np.median(e):.3f} / {e.max():.3f}" if len(e) else "-"
+
+    for name, kind, nname, c in rows:
+        flag = ~(c["checks"] & (c["unc"] <= thr))
+        needless = int((flag & (c["err"] <= UNC_GOAL)).sum())
+        print(f"| {name} | {kind} | {nname} | {len(flag)} | {flag.mean():.0%} | {med_max(c['err'][~flag])} | "
+              f"{med_max(c['err'][flag])} | {np.median(c['unc']):.3f} | {needless} | "
+              f"{np.mean(c['p0']):.2f} / {np.mean(c['p_est']):.2f} / {np.mean(c['p_fuse']):.2f} |", flush=True)
+    print("\nNeedless flag: flagged although its corner error is within "
+          f"{UNC_GOAL:g} px. Corner errors are of the estimates (the fallback replaces a flagged one by the "
+          "identity); PSNR is the mean over the crop's bursts.\n")
+    print("### Reliability threshold sweep (all crops and noise levels above)\n")
+    print("| threshold (px) | kind | flagged | reliable within 0.1 px | max corner err of reliable (px) | "
+          "needless flags | PSNR fallback - no fallback (dB) | PSNR fallback - none (dB) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for t in UNC_THRESHOLDS:
+        for kind in ("low texture", "textured"):
+            sel = [c for _, k, _, c in rows if k == kind]
+            err = np.concatenate([c["err"] for c in sel])
+            flag = ~np.concatenate([c["checks"] & (c["unc"] <= t) for c in sel])
+            d_est = np.mean([np.mean(c["p_fb"][t]) - np.mean(c["p_est"]) for c in sel])
+            d_none = np.mean([np.mean(c["p_fb"][t]) - np.mean(c["p0"]) for c in sel])
+            ok = err[~flag]
+            within = f"{(ok <= UNC_GOAL).mean():.0%}" if len(ok) else "-"
+            worst = f"{ok.max():.3f}" if len(ok) else "-"
+            print(f"| {t:g} | {kind} | {flag.mean():.0%} | {within} | {worst} | "
+                  f"{int((flag & (err <= UNC_GOAL)).sum())} of {int((err <= UNC_GOAL).sum())} | "
+                  f"{d_est:+.2f} | {d_none:+.2f} |", flush=True)
+    print()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer scenes")
+    ap.add_argument("--uncertainty", action="store_true", help="also the transform-uncertainty table")
+    ap.add_argument("--only-uncertainty", action="store_true", help="the transform-uncertainty table alone")
     args = ap.parse_args()
-    scenes = ["astronaut", "coffee"] if args.quick else ["astronaut", "coffee", "dead_leaves", "moon"]
-    n, size = 6, 256
-    homography_table(scenes, n, size)
-    ordinary_table(scenes, n, size)
-    lens_table(scenes[:2] if args.quick else scenes[:3], n, size)
-    breathing_table(scenes, n, size)
+    if not args.only_uncertainty:
+        scenes = ["astronaut", "coffee"] if args.quick else ["astronaut", "coffee", "dead_leaves", "moon"]
+        n, size = 6, 256
+        homography_table(scenes, n, size)
+        ordinary_table(scenes, n, size)
+        lens_table(scenes[:2] if args.quick else scenes[:3], n, size)
+        breathing_table(scenes, n, size)
+    if args.uncertainty or args.only_uncertainty:
+        uncertainty_table(args.quick)
 
 
 if __name__ == "__main__":
