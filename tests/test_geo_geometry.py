@@ -230,15 +230,20 @@ def test_small_grids_keep_the_translation(rotated_passes):
     assert res.tie_points == (None,) * 4
 
 
-def test_save_displacement_writes_the_tie_point_grid(tmp_path, rotated_passes):
-    frames, _ = rotated_passes
+def _write_passes(folder, frames, stem: str = "pass") -> list:
     paths = []
     for k, f in enumerate(frames):
-        p = tmp_path / f"pass{k}.tif"
-        with rasterio.open(p, "w", driver="GTiff", width=256, height=256, count=1, dtype="float32",
-                           crs=CRS, transform=TRANSFORM) as dst:
+        p = folder / f"{stem}{k}.tif"
+        with rasterio.open(p, "w", driver="GTiff", width=f.shape[-1], height=f.shape[-2], count=1,
+                           dtype="float32", crs=CRS, transform=TRANSFORM) as dst:
             dst.write(f)
         paths.append(p)
+    return paths
+
+
+def test_save_displacement_writes_the_tie_point_grid(tmp_path, rotated_passes):
+    frames, _ = rotated_passes
+    paths = _write_passes(tmp_path, frames)
     disp = tmp_path / "disp.tif"
     res = fuse_rasters(paths, tmp_path / "fused.tif", scale=2, reference=0, save_displacement=disp)
     assert res.displacement_path == disp
@@ -272,13 +277,7 @@ def test_cli_geometry_options_and_displacement(tmp_path, rotated_passes, capsys)
     from mfsr.cli import main
 
     frames, _ = rotated_passes
-    paths = []
-    for k, f in enumerate(frames):
-        p = tmp_path / f"p{k}.tif"
-        with rasterio.open(p, "w", driver="GTiff", width=256, height=256, count=1, dtype="float32",
-                           crs=CRS, transform=TRANSFORM) as dst:
-            dst.write(f)
-        paths.append(str(p))
+    paths = [str(p) for p in _write_passes(tmp_path, frames, "p")]
     disp = tmp_path / "disp.tif"
     assert main(["fuse", *paths, "-o", str(tmp_path / "a.tif"), "--reference", "0", "--save-displacement",
                  str(disp)]) == 0
