@@ -294,3 +294,11 @@ def test_cli_geometry_options_and_displacement(tmp_path, rotated_passes, capsys)
     write_image(png, np.full((16, 16), 0.5, np.float32))
     assert main(["fuse", str(png), str(png), "-o", str(tmp_path / "c.png"), "--geometry", "affine"]) != 0
     assert "--geometry: only for georeferenced passes" in capsys.readouterr().err
+
+
+def test_tiled_and_whole_agree_with_displaced_passes(rotated_passes):
+    frames, _ = rotated_passes
+    whole, res = fuse_arrays(frames, CRS, TRANSFORM, 2, reference=0, tile=1024)
+    assert any(m.endswith("+local") for m in res.models)
+    tiled, _ = fuse_arrays(frames, CRS, TRANSFORM, 2, reference=0, tile=64)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5, rtol=0)
