@@ -414,11 +414,15 @@ def _fuse_tile(args) -> tuple[TileTask, np.ndarray, np.ndarray, np.ndarray]:
                 img = clamp_to_bounds(nyquist_guard(img, s), lo_b, hi_b, s, ctx.margin)
         if ctx.refine:
             # On the whole tile (its halo covers the network's receptive
-            # field), then held to the same local bounds: the network may
+            # field). The network learnt detail up to the output's Nyquist
+            # frequency from simulated truths; on real bands what it puts
+            # there is pattern (Sentinel-2 B08: many times bicubic's
+            # Nyquist-band energy unguarded, benchmarks/RESULTS.md), so the
+            # guard runs again. Then the same local bounds: the network may
             # restore detail but never leave the accepted samples' range.
             refined = np.stack([refine_band(img[..., b], count, noise=ctx.noise, n_passes=len(ctx.passes), scale=s)
                                 for b in range(img.shape[-1])], axis=-1)
-            img = clamp_to_bounds(refined, lo_b, hi_b, s, ctx.margin)
+            img = clamp_to_bounds(nyquist_guard(refined, s), lo_b, hi_b, s, ctx.margin)
     del frames, valids
     y0 = _out_index(task.core_rows[0], ctx.grid.height, ctx.out_height, s) - o0[0]
     y1 = _out_index(task.core_rows[1], ctx.grid.height, ctx.out_height, s) - o0[0]
@@ -594,10 +598,11 @@ def fuse_rasters(
         Apply the learned satellite refinement (:mod:`mfsr.geo.pass_refinement`,
         weights trained on simulated passes by :mod:`mfsr.geo.train_refiner`)
         to every band of the fused product, after the overshoot clamp and the
-        Nyquist guard, then clamp it to the same local bounds of the accepted
-        samples. Trained for scale 2 only: other scales keep the plain product
-        (with a warning). A single pass is never refined. Default False
-        (benchmarks/RESULTS.md has the measurements behind it).
+        Nyquist guard; the refined band is guarded again and clamped to the
+        same local bounds of the accepted samples. Trained for scale 2 only:
+        other scales keep the plain product (with a warning). A single pass
+        is never refined. Default False (benchmarks/RESULTS.md has the
+        measurements behind it).
 
     Returns
     -------
