@@ -278,7 +278,7 @@ def check_compatible(infos: list[PassInfo], bands: tuple[int, ...] | None) -> tu
 
 
 def read_window(
-    src, bands: tuple[int, ...], rows: tuple[int, int], cols: tuple[int, int]
+    src, bands: tuple[int, ...], rows: tuple[int, int], cols: tuple[int, int], *, tally: list | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read a window that may reach beyond the raster.
 
@@ -299,6 +299,13 @@ def read_window(
         True where every band holds data: inside the raster, not nodata, not
         masked by the dataset's own mask (``read_masks``: internal masks,
         alpha, nodata), finite and within +-:data:`IMPLAUSIBLE`.
+
+    Other Parameters
+    ----------------
+    tally : list, optional
+        Gets the number of pixels invalid only because a value is
+        non-finite or beyond :data:`IMPLAUSIBLE` (undeclared fill values),
+        for a warning that counts them.
     """
     r0, r1 = rows
     c0, c1 = cols
@@ -317,9 +324,16 @@ def read_window(
     # NaN, infinity and undeclared fill values (-3.4e38, 1e30) are no data:
     # fused as numbers they overflow the accumulators.
     with np.errstate(invalid="ignore"):
-        ok &= np.all(np.abs(blockf) <= IMPLAUSIBLE, axis=0)
+        plausible = np.all(np.abs(blockf) <= IMPLAUSIBLE, axis=0)
     if src.nodata is not None and not np.isnan(src.nodata):
         ok &= np.all(block != np.asarray(src.nodata).astype(block.dtype), axis=0)
+    if tally is not None:
+        declared_nan = src.nodata is not None and np.isnan(src.nodata)
+        undeclared = ok & ~plausible
+        if declared_nan:
+            undeclared &= ~np.any(np.isnan(blockf), axis=0)
+        tally.append(int(undeclared.sum()))
+    ok &= plausible
     sub = np.moveaxis(blockf, 0, -1)
     data[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = np.where(ok[..., None], sub, 0.0)
     valid[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = ok

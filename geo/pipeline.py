@@ -66,7 +66,7 @@ from .masked_fusion import (
 from .masks import MaskSpec, parse_masks, read_mask_window
 from .pass_geometry import PassGeometry
 from .pass_refinement import check_refine, refine_band, refines_scale, warn_unrefined
-from .passes import ArrayDataset, PassInfo, check_compatible, read_pass_info, read_window
+from .passes import IMPLAUSIBLE, ArrayDataset, PassInfo, check_compatible, read_pass_info, read_window
 from .radiometry import fit_linear, masked_noise, working_range
 from .tie_points import MIN_GRID, TiePoints, fit_model, measure_tie_points, node_grid, residual_field
 from .tiles import TileTask, parse_scheduler, plan_tiles, run_tasks
@@ -295,12 +295,15 @@ class _Context:
     refine: bool = False  # apply the satellite refinement network (mfsr.geo.pass_refinement)
 
 
-def _read_pass(ps: _Pass, grid: Grid, bands, rows, cols) -> tuple[np.ndarray, np.ndarray]:
-    """Raw data and validity (nodata, internal and user masks) of a pass window in its own px."""
+def _read_pass(ps: _Pass, grid: Grid, bands, rows, cols, tally=None) -> tuple[np.ndarray, np.ndarray]:
+    """Raw data and validity (nodata, internal and user masks) of a pass window in its own px.
+
+    ``tally``: see :func:`mfsr.geo.passes.read_window`.
+    """
     if ps.source is not None:  # always on its own grid: fuse_arrays passes share the working grid
-        return read_window(ps.source, bands, rows, cols)
+        return read_window(ps.source, bands, rows, cols, tally=tally)
     with open_on_grid(ps.info.path, ps.native, grid) as src:
-        data, valid = read_window(src, bands, rows, cols)
+        data, valid = read_window(src, bands, rows, cols, tally=tally)
     if ps.mask is not None:
         valid &= ~read_mask_window(ps.mask, ps.info, ps.native, grid, rows, cols)
     return data, valid
@@ -575,8 +578,9 @@ def fuse_rasters(
         Kernel, robustness and sharpening parameters of the fusion; default
         :data:`SATELLITE_PARAMS`.
     geometry : {"affine", "similarity", "translation"}
-        Global model of each pass beyond the geotransform, fitted on the
-        sample windows (masked, radiometrically normalised gradients). A
+        Global model of each pass beyond the geotransform: fitted to the
+        tie points with ``local``, else by a Gauss-Newton fit on the sample
+        windows (masked, radiometrically normalised gradients). A
         model beyond translation is used only where it is significant (its
         linear part moves a corner of the grid by more than
         ``MIN_MODEL_PX`` and ``MODEL_SIGMAS`` standard deviations) and the
@@ -1014,12 +1018,13 @@ def _plan_fusion(
     ]
 
     ref_pass = base[reference]
-    ref_raw, ref_valid = [], []
+    ref_raw, ref_valid, ref_tally = [], [], []
     for rows, cols in windows:
         d, v = _read_pass(ref_pass, grid, band_idx, _shift_window(rows, ref_pass.total[0]),
-                          _shift_window(cols, ref_pass.total[1]))
+                          _shift_window(cols, ref_pass.total[1]), ref_tally)
         ref_raw.append(d)
         ref_valid.append(v)
+    _warn_implausible(ref_info, ref_tally)
     lo, hi = working_range(ref_raw, ref_valid)
     ref_norm = [_normalise(d, lo, hi) for d in ref_raw]
     ref_grey = [d.mean(axis=2) for d in ref_norm]
@@ -1061,7 +1066,7 @@ def _plan_fusion(
         ps = base[k]
         if k == reference:
             continue
-        movs, mvalids, fr = [], [], None
+        movs, mvalids, fr, tally = [], [], None, []
         for rows, cols in windows:
             ay = int(np.floor(rows[0] + ps.total[0]))
             ax = int(np.floor(cols[0] + ps.total[1]))
@@ -1070,10 +1075,12 @@ def _plan_fusion(
                 ps, grid, band_idx,
                 (ay - margin, ay + rows[1] - rows[0] + margin),
                 (ax - margin, ax + cols[1] - cols[0] + margin),
+                tally,
             )
             movs.append(_normalise(d, lo, hi))
             mvalids.append(v)
         valid_frac[k] = float(np.mean([v[margin:-margin, margin:-margin].mean() for v in mvalids]))
+        _warn_implausible(infos[k], tally)
         # Estimation leaves out values far outside the reference's working
         # range (unmasked clouds, saturation): they would dominate gradients
         # and the radiometric fit. The fusion's composite test handles them.
@@ -1179,6 +1186,17 @@ def _plan_fusion(
         tie_points=tuple(tie_points),
     )
     return ctx, tasks, result
+
+
+def _warn_implausible(info: PassInfo, tally: list[int]) -> None:
+    """Warn when a pass's sample windows held values that cannot be data (read_window masks them like nodata)."""
+    n = sum(tally)
+    if n:
+        warnings.warn(
+            f"{info.path}: {n} pixels of the sample windows hold non-finite values or values beyond "
+            f"+-{IMPLAUSIBLE:g} (an undeclared fill value?): treated as nodata",
+            stacklevel=4,
+        )
 
 
 def _symmetric_shift(forward, movs, mov_est, ref_wide, margin) -> np.ndarray:

@@ -7,6 +7,7 @@ import hashlib
 import os
 import signal
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -323,7 +324,13 @@ def test_geo_fill_values_are_masked_not_fused(fill, tmp_path):
                 data[10:26, 10:26] = fill
             _geo_pass(tmp_path / f"{case}{k}.tif", data)
             paths.append(tmp_path / f"{case}{k}.tif")
-        res = fuse_rasters(paths, tmp_path / f"{case}-o.tif", scale=2, reference=0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = fuse_rasters(paths, tmp_path / f"{case}-o.tif", scale=2, reference=0)
+        counted = [str(w.message) for w in caught if "undeclared fill value" in str(w.message)]
+        # the two passes carrying the block are named, with the 256 pixels of their one window
+        assert len(counted) == (2 if case == "filled" else 0)
+        assert all(" 256 pixels" in m for m in counted)
         with rasterio.open(tmp_path / f"{case}-o.tif") as src:
             outs[case] = src.read(1)
     out = outs["filled"]
