@@ -56,6 +56,8 @@ antisymmetry of the estimator, and, noiseless, the drizzle convention check.
 - mfsr with the geometry options of issue 19 (``geometry=``, ``local=``),
   when ``fuse_rasters`` accepts them (detected with ``inspect.signature``):
   see :func:`mfsr_geometry_variants`;
+- mfsr ``refine=True`` (the learned satellite refinement, defaults otherwise)
+  when ``fuse_rasters`` accepts it (:func:`mfsr_refine_variants`);
 - drizzle (STScI ``drizzle.resample.Drizzle``; ``lanczos3`` kernel as the
   issue asks, and the classic ``square`` kernel with ``pixfrac`` 0.7), handed
   the **true** geometry (``pixmap`` from ``G_k``) and the true radiometry
@@ -415,6 +417,13 @@ def mfsr_geometry_variants(fuse) -> list[tuple[str, dict]]:
     return rows
 
 
+def mfsr_refine_variants(fuse) -> list[tuple[str, dict]]:
+    """The learned satellite refinement (``refine=True`` with the defaults), when ``fuse_rasters`` has it."""
+    if "refine" not in inspect.signature(fuse).parameters:
+        return []
+    return [("mfsr refine=True", dict(refine=True))]
+
+
 def mfsr_displacement(res, k: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """(dy, dx) reference -> pass ``k`` at working-grid (rows, cols), as mfsr modelled it."""
     if hasattr(res, "displacement_at"):
@@ -657,7 +666,7 @@ def main() -> None:
     from mfsr.baselines import single_frame_upscale
     from mfsr.geo import fuse_rasters
 
-    variants = mfsr_geometry_variants(fuse_rasters)
+    variants = mfsr_geometry_variants(fuse_rasters) + mfsr_refine_variants(fuse_rasters)
     warm_up_mfsr(variants)
 
     # ---- products ----------------------------------------------------------------
