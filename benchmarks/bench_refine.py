@@ -37,7 +37,7 @@ import torch
 from mfsr.fusion import fuse
 from mfsr.metrics import psnr, ssim
 from mfsr.refine import refine_image
-from mfsr.refine._inference import native_bf16
+from mfsr.refine import native_bf16
 from mfsr.refine._weights import refiner_ensemble, refiner_strength
 from mfsr.refine.heldout import HELDOUT_IMAGES
 from mfsr.synth import sample_image, simulate_burst

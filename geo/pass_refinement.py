@@ -3,7 +3,7 @@
 The burst network (:mod:`mfsr.refine`) does not suit the satellite product:
 its kernel fusion, back-projection, overshoot clamp and Nyquist guard leave
 another blur and another noise than a burst fusion. This module runs a
-network of the same architecture (:class:`mfsr.refine._network.RefineNet`,
+network of the same architecture (:class:`mfsr.refine.RefineNet`,
 public constructor) with its own weights (``mfsr/geo/weights/``), trained by
 :mod:`mfsr.geo.train_refiner` on passes simulated from real rasters.
 
@@ -32,13 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["BLOCK", "RADIUS", "SCALES", "WEIGHTS", "check_refine", "load_pass_refiner", "pass_features",
-           "refine_band", "refines_scale"]
+__all__ = [
+    "BLOCK", "MANIFEST", "RADIUS", "SCALES", "WEIGHTS", "WEIGHT_FILE",
+    "check_refine", "load_pass_refiner", "pass_features", "refine_band", "refines_scale",
+]
 
 #: Folder of the shipped weights and their manifest.
 WEIGHTS = Path(__file__).parent / "weights"
-_WEIGHT_FILE = "pass_refiner.pt"
-_MANIFEST = "manifest.json"
+WEIGHT_FILE = "pass_refiner.pt"
+MANIFEST = "manifest.json"
 #: Architecture of the shipped network (RefineNet constructor arguments).
 ARCHITECTURE = {"channels": 32, "blocks": 4, "n_globals": 6}
 #: Receptive-field radius of the network, output px (RefineNet.radius for
@@ -79,7 +81,7 @@ def load_pass_refiner():
 
     Returns
     -------
-    net : mfsr.refine._network.RefineNet
+    net : mfsr.refine.RefineNet
 
     Raises
     ------
@@ -90,18 +92,18 @@ def load_pass_refiner():
     """
     import torch
 
-    from mfsr.refine._network import RefineNet
+    from mfsr.refine import RefineNet
 
-    path = WEIGHTS / _WEIGHT_FILE
+    path = WEIGHTS / WEIGHT_FILE
     if not path.exists():
         raise FileNotFoundError(f"refine: the satellite refinement weights are missing ({path})")
     blob = path.read_bytes()
-    manifest = json.loads((WEIGHTS / _MANIFEST).read_text())
-    want = manifest["files"][_WEIGHT_FILE]["sha256"]
+    manifest = json.loads((WEIGHTS / MANIFEST).read_text())
+    want = manifest["files"][WEIGHT_FILE]["sha256"]
     got = hashlib.sha256(blob).hexdigest()
     if got != want:
         raise ValueError(f"refine: {path} has sha256 {got}, the manifest says {want}")
-    arch = manifest["files"][_WEIGHT_FILE]["architecture"]
+    arch = manifest["files"][WEIGHT_FILE]["architecture"]
     net = RefineNet(channels=arch["channels"], blocks=arch["blocks"], n_globals=arch["n_globals"])
     import io
 

@@ -170,6 +170,10 @@ class GeoFusionResult:
     tie_points : tuple of (TiePoints or None)
         The local co-registration's nodes per pass (None where not run).
     displacement_path : pathlib.Path or None
+    working_range : (ndarray, ndarray) of float64, shape (C,) each
+        ``(lo, hi)`` per band, data units: the fusion works on
+        ``(x - lo) / (hi - lo)`` (robust percentiles of the reference pass),
+        the range ``noise`` is expressed in.
     """
 
     out_path: Path | None
@@ -201,6 +205,7 @@ class GeoFusionResult:
     model_std: np.ndarray | None = None
     tie_points: tuple[TiePoints | None, ...] | None = None
     displacement_path: Path | None = None
+    working_range: tuple[np.ndarray, np.ndarray] | None = None
 
     def displacement_at(self, k: int, rows, cols) -> np.ndarray:
         """Displacement (dy, dx) of pass ``k`` at working-grid coordinates (broadcast), px.
@@ -799,7 +804,8 @@ def fuse_arrays(
     geometry: str = DEFAULT_GEOMETRY,
     local: bool = DEFAULT_LOCAL,
     refine: bool = False,
-) -> tuple[np.ndarray, GeoFusionResult]:
+    return_count: bool = False,
+):
     """Fuse passes held in memory (NumPy or Dask) on one grid, as :func:`fuse_rasters` fuses files.
 
     The same engine: every pass becomes an in-memory
@@ -836,6 +842,9 @@ def fuse_arrays(
         As in :func:`fuse_rasters` (tiles run on Dask's threaded scheduler).
     geometry, local, refine :
         As in :func:`fuse_rasters`.
+    return_count : bool
+        Also return the number of contributing passes per output pixel (what
+        ``save_count`` writes for :func:`fuse_rasters`).
 
     Returns
     -------
@@ -844,6 +853,8 @@ def fuse_arrays(
         no pass has data.
     result : GeoFusionResult
         As :func:`fuse_rasters` reports it, with ``out_path`` None.
+    count : ndarray of uint16, shape (round(H * scale), round(W * scale))
+        Only with ``return_count``.
 
     Raises
     ------
@@ -897,9 +908,12 @@ def fuse_arrays(
     )
     ctx = replace(ctx, refine=refine)
     fused = np.full((nb, result.height, result.width), np.nan, np.float32)
-    for rows, cols, core, _, _ in _run_tiles(ctx, tasks, "threads", workers, progress):
+    count = np.zeros((result.height, result.width), np.uint16) if return_count else None
+    for rows, cols, core, _, cnt in _run_tiles(ctx, tasks, "threads", workers, progress):
         fused[:, rows[0] : rows[1], cols[0] : cols[1]] = np.moveaxis(core, -1, 0)
-    return fused, result
+        if count is not None:
+            count[rows[0] : rows[1], cols[0] : cols[1]] = cnt
+    return (fused, result, count) if return_count else (fused, result)
 
 
 def _check_options(n, reference, tile, max_shift, min_correlation, back_projection, params):
@@ -1184,6 +1198,7 @@ def _plan_fusion(
         models=tuple(models),
         model_std=model_std,
         tie_points=tuple(tie_points),
+        working_range=(np.asarray(lo, np.float64), np.asarray(hi, np.float64)),
     )
     return ctx, tasks, result
 

@@ -43,7 +43,7 @@ network's input is the normalised product (the working range
 contributing passes and the estimated noise; its target the truth in the
 same units.
 
-**Network and loss.** :class:`mfsr.refine._network.RefineNet` (32 channels, 4
+**Network and loss.** :class:`mfsr.refine.RefineNet` (32 channels, 4
 blocks: receptive field 22 output px), initialised from the burst network's
 grey/RGB weights (``mfsr/refine/weights/refiner.pt``: its deblurring filters
 are a better start than zeros), trained with L1 on the residual over random
@@ -244,9 +244,8 @@ def simulate_stack(rng, scene: np.ndarray, size: int, n_passes: int):
 def fuse_stack(passes: np.ndarray, invalid: np.ndarray):
     """The engine's product of a stack, in its working range, with the count and noise it used.
 
-    The planning and tiles of :func:`mfsr.geo.fuse_arrays` (its defaults,
-    reference pass 0, no refinement), read directly so that the count of
-    contributing passes comes back too.
+    :func:`mfsr.geo.fuse_arrays` with its defaults (reference pass 0, no
+    refinement), with the count of contributing passes.
 
     Returns
     -------
@@ -259,26 +258,14 @@ def fuse_stack(passes: np.ndarray, invalid: np.ndarray):
     from affine import Affine
     from rasterio.crs import CRS
 
-    from .passes import ArrayDataset, PassInfo
-    from .pipeline import DEFAULT_GEOMETRY, DEFAULT_LOCAL, SATELLITE_PARAMS, _plan_fusion, _run_tiles
+    from .pipeline import fuse_arrays
 
-    n, h, w = passes.shape
-    crs = CRS.from_epsg(32616)
     tr = Affine(30.0, 0, 500000.0, 0, -30.0, 4000000.0)
-    infos = [PassInfo(path=f"p{k}", crs=crs, transform=tr, width=w, height=h, count=1, dtype="float32",
-                      nodata=None) for k in range(n)]
-    sources = [ArrayDataset(passes[k][None], invalid[k], None) for k in range(n)]
-    ctx, tasks, _ = _plan_fusion(
-        infos, [None] * n, sources, (1,), float(SCALE), 1, 0, shifts=None, sample=512, max_shift=8,
-        min_correlation=0.5, radiometric=True, robust=True, back_projection=2, params=SATELLITE_PARAMS,
-        tile=1024, progress=False, geometry=DEFAULT_GEOMETRY, local=DEFAULT_LOCAL)
-    product = np.full((ctx.out_height, ctx.out_width), np.nan, np.float32)
-    count = np.zeros((ctx.out_height, ctx.out_width), np.uint16)
-    for rows, cols, core, _, cnt in _run_tiles(ctx, tasks, "sync", 1, False):
-        product[rows[0] : rows[1], cols[0] : cols[1]] = core[..., 0]
-        count[rows[0] : rows[1], cols[0] : cols[1]] = cnt
-    lo, hi = float(ctx.lo[0]), float(ctx.hi[0])
-    return (product - lo) / (hi - lo), count, ctx.noise, lo, hi
+    fused, result, count = fuse_arrays(passes[:, None], CRS.from_epsg(32616), tr, float(SCALE), invalid,
+                                       reference=0, workers=1, return_count=True)
+    lo, hi = float(result.working_range[0][0]), float(result.working_range[1][0])
+    product = fused[0]
+    return (product - lo) / (hi - lo), count, result.noise, lo, hi
 
 
 def make_examples(n_stacks: int, seed: int, sources, log=print):
@@ -374,10 +361,9 @@ def train(out: Path, stacks: int, steps: int, seed: int, lr: float, val_stacks: 
           precision: str, command: str) -> dict:
     import torch
 
-    from mfsr.refine._inference import native_bf16
-    from mfsr.refine._network import RefineNet
+    from mfsr.refine import RefineNet, native_bf16
 
-    from .pass_refinement import _MANIFEST, _WEIGHT_FILE, ARCHITECTURE, RADIUS, SCALES
+    from .pass_refinement import ARCHITECTURE, MANIFEST, RADIUS, SCALES, WEIGHT_FILE
 
     t_all = time.perf_counter()
     torch.manual_seed(seed)
@@ -437,11 +423,11 @@ def train(out: Path, stacks: int, steps: int, seed: int, lr: float, val_stacks: 
     torch.save(state, buf)
     blob = buf.getvalue()
     out.mkdir(parents=True, exist_ok=True)
-    (out / _WEIGHT_FILE).write_bytes(blob)
+    (out / WEIGHT_FILE).write_bytes(blob)
     vf = _validate(net, val)
     manifest = {
         "format": 1,
-        "files": {_WEIGHT_FILE: {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
+        "files": {WEIGHT_FILE: {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
                                  "architecture": dict(ARCHITECTURE),
                                  "parameters": int(sum(p.numel() for p in net.parameters()))}},
         "receptive_field_radius_output_px": RADIUS,
@@ -475,7 +461,7 @@ def train(out: Path, stacks: int, steps: int, seed: int, lr: float, val_stacks: 
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
     }
-    (out / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"validation after: product {vf[0]:.2f} dB, refined {vf[1]:.2f} dB; wrote {out}", flush=True)
     return manifest
 

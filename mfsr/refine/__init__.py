@@ -21,8 +21,11 @@ Public API: :func:`refine_image`, :func:`load_refiner`, :class:`RefineNet`,
 shipped weights and their ``manifest.json``).
 """
 
-from ._inference import SCALE_RANGE, refine_image
+from ._inference import SCALE_RANGE, native_bf16, refine_image
 from ._network import RefineNet
 from ._weights import MODES, WEIGHTS_DIR, RefinerWeightsError, load_refiner
 
-__all__ = ["MODES", "SCALE_RANGE", "WEIGHTS_DIR", "RefineNet", "RefinerWeightsError", "load_refiner", "refine_image"]
+__all__ = [
+    "MODES", "SCALE_RANGE", "WEIGHTS_DIR", "RefineNet", "RefinerWeightsError", "load_refiner", "native_bf16",
+    "refine_image",
+]
