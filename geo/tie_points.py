@@ -40,7 +40,7 @@ __all__ = [
 # shift to 0.1 px (and the time per node no longer drops).
 MIN_SPACING = 32
 # Most nodes along an axis (time grows with their number).
-MAX_NODES = 16
+MAX_NODES = 12
 # Largest window measured at a node (its cell's centre), px: larger cells
 # are sampled at their centre, so the time per node stays bounded.
 NODE_WINDOW = 96
@@ -186,7 +186,7 @@ def measure_tie_points(
                 continue
             start = model.displacement_at(rows[a], cols[b]) - pred[b]
             try:
-                est = estimate_shift([ref], [rv], [mov], [mv], m, initial=start)
+                est = estimate_shift([ref], [rv], [mov], [mv], m, initial=start, tolerance=1e-3, iterations=10)
             except ValueError:
                 continue
             shifts[a, b] = pred[b] + est.shift
