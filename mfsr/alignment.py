@@ -15,6 +15,7 @@ input pixels; zero for the reference.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,7 +29,10 @@ from .registration import (
 )
 from .validation import all_finite
 
-__all__ = ["Alignment", "TileSpread", "align", "frame_progress"]
+if TYPE_CHECKING:  # (mfsr.geometry imports torch; only a global model needs it)
+    from .geometry import GeometryParams
+
+__all__ = ["Alignment", "TileSpread", "align", "check_geometry_params", "frame_progress"]
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,7 @@ def align(
     geometry: str | None = None,
     distortion=None,
     progress: bool = False,
-    geometry_params=None,
+    geometry_params: GeometryParams | None = None,
 ) -> Alignment:
     """Register every frame of a validated burst to its reference.
 
@@ -155,7 +159,7 @@ def align(
         Show a progress bar over the frames.
     geometry_params : mfsr.geometry.GeometryParams, optional
         Settings of the global model (with ``geometry`` / ``distortion``),
-        e.g. its reliability threshold and fallback.
+        e.g. its reliability threshold and fallback; unused without them.
 
     Returns
     -------
@@ -166,8 +170,11 @@ def align(
     ValueError
         On a flow of the wrong shape, with NaN, with a nonzero reference, or
         given together with ``geometry`` / ``distortion``.
+    TypeError
+        If ``geometry_params`` is not a ``GeometryParams``.
     """
     n, h, w = burst.shape[:3]
+    check_geometry_params(geometry_params)
     if geometry is not None or distortion is not None:
         from .geometry import check_geometry_args, global_registration
 
@@ -194,6 +201,19 @@ def align(
                 motion = align_frame(ref_pyr, burst[k])
                 spreads[k] = TileSpread(flow_irregularity(motion), motion)
     return Alignment((h, w), spreads)
+
+
+def check_geometry_params(geometry_params) -> None:
+    """Raise ``TypeError`` unless ``geometry_params`` is None or a
+    :class:`mfsr.geometry.GeometryParams` (imported only then)."""
+    if geometry_params is None:
+        return
+    from .geometry import GeometryParams
+
+    if not isinstance(geometry_params, GeometryParams):
+        raise TypeError(
+            f"geometry_params: expected mfsr.geometry.GeometryParams or None, got {type(geometry_params).__name__}"
+        )
 
 
 def frame_progress(n: int, progress: bool, desc: str):

@@ -29,16 +29,20 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .alignment import Alignment, align
+from .alignment import Alignment, align, check_geometry_params
 from .fusion_params import FusionParams, sharpen_gain
 from .memory_estimate import check_fusion_memory
 from .merge import merge
 from .noise import estimate_noise
 from .registration import RegistrationParams
 from .validation import as_burst, check_noise_model, check_psf_sigma, check_scale
+
+if TYPE_CHECKING:  # (mfsr.geometry imports torch; only a global model needs it)
+    from .geometry import GeometryParams
 
 __all__ = ["FusionParams", "FusionResult", "fuse", "sharpen_gain"]
 
@@ -159,6 +163,7 @@ def fuse(
     progress: bool = False,
     psf_sigma: float | None = None,
     refine_weights: str | os.PathLike | None = None,
+    geometry_params: GeometryParams | None = None,
 ) -> FusionResult:
     """Merge a burst into one image at any scale with robust kernel fusion.
 
@@ -253,6 +258,11 @@ def fuse(
         network and strength of each mode), e.g. one written by
         ``python -m mfsr.refine.adapt`` from your own bursts. Default: the
         shipped weights. Unused with ``refine=False``.
+    geometry_params : mfsr.geometry.GeometryParams or None
+        Settings of the global model with ``geometry`` / ``distortion``
+        (robust fit, photometric refinement, reliability threshold
+        ``max_corner_uncertainty`` and the fallback of unreliable frames);
+        the defaults when None. Unused without a global model.
 
     Returns
     -------
@@ -266,9 +276,10 @@ def fuse(
     ValueError, TypeError
         On invalid input; the message names the argument (``frames``,
         ``cfa``, ``reference``, ``scale``, ``flow``, ``noise``,
-        ``geometry``, ``distortion``): an unknown model, a wrong number of
-        coefficients, a lens that folds the image, or ``flow`` given
-        together with ``geometry`` or ``distortion``.
+        ``geometry``, ``distortion``, ``geometry_params``): an unknown
+        model, a wrong number of coefficients, a lens that folds the image,
+        ``flow`` given together with ``geometry`` or ``distortion``, or
+        ``geometry_params`` not a ``GeometryParams``.
     mfsr.refine.RefinerWeightsError
         If ``refine`` is True and the shipped weights are missing or corrupt
         (``refine=False`` still works).
@@ -312,6 +323,7 @@ def fuse(
         params = FusionParams()
     elif not isinstance(params, FusionParams):
         raise TypeError(f"params: expected FusionParams, got {type(params).__name__}")
+    check_geometry_params(geometry_params)
     p = params
     n, h, w = burst.shape[:3]
     ho, wo = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
@@ -323,7 +335,7 @@ def fuse(
         alpha, beta = _check_noise(noise)
         check_noise_model(alpha, beta, burst[reference])
     alignment = align(burst, cfa, reference, flow=flow, registration=registration, geometry=geometry,
-                      distortion=distortion, progress=progress)
+                      distortion=distortion, progress=progress, geometry_params=geometry_params)
     merged = merge(burst, alignment, scale=scale, cfa=cfa, reference=reference, noise=(alpha, beta), params=p,
                    progress=progress)
     image, confidence = merged.image, merged.confidence

@@ -190,3 +190,16 @@ def test_estimate_transform_valid_and_deprecated_mask():
         estimate_transform(scene, moving, "translation", valid=valid[:-1])
     with pytest.raises(ValueError, match="^valid: fewer than 5%"):
         estimate_transform(scene, moving, "translation", valid=np.zeros(scene.shape, bool))
+
+
+def test_fuse_passes_and_checks_geometry_params():
+    b = _flat_bayer_burst()
+    with pytest.warns(UnreliableTransformWarning, match="used anyway"):
+        res = fuse(b.frames, scale=1, cfa="RGGB", noise=b.noise, refine=False, geometry="homography",
+                   geometry_params=GeometryParams(fallback=False))
+    assert not res.transform_reliable[1:].any()
+    assert not np.allclose(res.transforms[1:], np.eye(3))
+    with pytest.raises(TypeError, match="^geometry_params: expected"):
+        fuse(b.frames, scale=1, cfa="RGGB", geometry="homography", geometry_params={"fallback": False})
+    with pytest.raises(TypeError, match="^geometry_params: expected"):
+        align(b.frames, "RGGB", 0, geometry="homography", geometry_params="default")
