@@ -84,8 +84,12 @@ class Alignment:
         Corner uncertainty of each frame's global model, input px
         (:class:`mfsr.geometry.GlobalGeometry`); None without one.
     transform_reliable : ndarray of bool, shape (N,), or None
-        Whether each frame's global model was reliable; an unreliable one
-        was replaced by the local registration alone. None without one.
+        Whether each frame's reported global model (``transforms``) is
+        reliable (:class:`mfsr.geometry.GlobalGeometry`). None without one.
+    transform_models : tuple of str, length N, or None
+        The model of each frame's ``transforms`` entry: the requested one, a
+        simpler one the fallback chose, or ``"identity"`` (the local
+        registration alone). None without a global model.
     """
 
     frame_shape: tuple[int, int]
@@ -96,6 +100,7 @@ class Alignment:
     reference_frame: np.ndarray | None = None
     transform_uncertainty: np.ndarray | None = None
     transform_reliable: np.ndarray | None = None
+    transform_models: tuple | None = None
 
     def frame_flow(self, k: int, out: np.ndarray | None = None) -> np.ndarray:
         """Dense flow of frame ``k``, shape (H, W, 2), (dy, dx) input px.
@@ -190,7 +195,7 @@ def align(
         )
         return Alignment((h, w), [None if s is None else TileSpread(*s) for s in glob.spreads], glob.flows,
                          glob.transforms, glob.distortion, glob.reference_frame,
-                         glob.transform_uncertainty, glob.transform_reliable)
+                         glob.transform_uncertainty, glob.transform_reliable, glob.transform_models)
     if flow is not None:
         return Alignment((h, w), [None] * n, _check_flow(flow, n, h, w, reference))
     spreads: list = [None] * n

@@ -95,15 +95,26 @@ class FusionResult:
         made from when read.
     transform_uncertainty : ndarray of float64, shape (N,), or None
         With a global model: per frame, the largest 1-sigma error of an
-        image corner under the estimated transform, input px (0 for the
-        reference; :class:`mfsr.geometry.TransformUncertainty`). None
-        without one.
+        image corner under the reported transform, input px (0 for the
+        reference; :class:`mfsr.geometry.TransformUncertainty`); for a frame
+        on the local registration alone, that of the requested model's
+        estimate. None without one.
     transform_reliable : ndarray of bool, shape (N,), or None
-        With a global model: whether each frame's transform was reliable
-        (corner uncertainty within ``GeometryParams.max_corner_uncertainty``
-        and the model checks passed). An unreliable frame was fused with the
-        local registration alone, as without ``geometry=`` (its
-        ``transforms`` entry is the identity), and a warning named it.
+        With a global model: whether each frame's reported transform is
+        reliable (corner uncertainty within
+        ``GeometryParams.max_corner_uncertainty`` and the model checks
+        passed). Where the requested model is not, the frame reports the
+        first reliable simpler model (``transform_models``), or else,
+        flagged False and named in the warning, either the unreliable
+        estimate its local registration started from (the flow is still
+        ``transforms[k](p) - p`` plus the residual tile motion, which
+        corrects the estimate where the frame has texture) or the identity
+        (the local registration alone, as without ``geometry=``); see
+        :func:`mfsr.geometry.global_registration`.
+    transform_models : tuple of str, length N, or None
+        With a global model: the model of each frame's ``transforms`` entry
+        (the requested one, a simpler one of the fallback chain, or
+        ``"identity"``). None without one.
     """
 
     image: np.ndarray
@@ -120,6 +131,7 @@ class FusionResult:
     alignment: Alignment | None = field(default=None, repr=False, compare=False)
     transform_uncertainty: np.ndarray | None = None
     transform_reliable: np.ndarray | None = None
+    transform_models: tuple | None = None
 
 
 def _result_flow(self: FusionResult) -> np.ndarray | None:
@@ -230,10 +242,14 @@ def fuse(
         prior weights) and refined by robust photometric alignment; the
         local registration then starts every tile from it and finds only the
         residual, and fusion uses the composed flow (each frame resampled
-        once). The returned ``transforms`` hold the model; a frame whose
+        once). The returned ``transforms`` hold the model. A frame whose
         model is unreliable (``transform_reliable``; an estimate that is
-        degenerate included) is fused with the local registration alone,
-        with an :class:`mfsr.geometry.UnreliableTransformWarning`.
+        degenerate included) uses the first reliable simpler model, else
+        the unreliable estimate as the start of its local registration
+        where that aligns it significantly better, else the local
+        registration alone (``transform_models`` says which; see
+        :func:`mfsr.geometry.global_registration`), with an
+        :class:`mfsr.geometry.UnreliableTransformWarning`.
     distortion : None, sequence of float or "estimate"
         Lens distortion. Known Brown-Conrady coefficients, OpenCV order
         ``(k1[, k2[, p1, p2[, k3]]])`` (1, 2, 4 or 5 values) in normalised
@@ -371,4 +387,5 @@ def fuse(
         alignment=alignment,
         transform_uncertainty=alignment.transform_uncertainty,
         transform_reliable=alignment.transform_reliable,
+        transform_models=alignment.transform_models,
     )

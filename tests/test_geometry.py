@@ -355,6 +355,9 @@ def test_estimate_transform_ignores_masked_clouds():
         ({"max_corner_uncertainty": 0.0}, "max_corner_uncertainty"),
         ({"max_corner_uncertainty": float("nan")}, "max_corner_uncertainty"),
         ({"fallback": "no"}, "fallback"),
+        ({"fallback_chain": 1}, "fallback_chain"),
+        ({"start_from_unreliable": True}, "start_from_unreliable"),
+        ({"start_from_unreliable": "sometimes"}, "start_from_unreliable"),
     ],
 )
 def test_geometry_params_validation(kwargs, name):
@@ -371,3 +374,5 @@ def test_geometry_params_accept_the_limits():
     GeometryParams(irls_iterations=0, photometric=False, photometric_iterations=0, prefilter_sigma=0.0,
                    residual_shrinkage=0.0, photometric_levels=1, seed=np.int64(3),
                    max_corner_uncertainty=float("inf"), fallback=False)
+    for start in ("if better", "always", "never"):
+        GeometryParams(fallback_chain=False, start_from_unreliable=start)

@@ -21,6 +21,7 @@ warping and grid sampling, and their use for burst and satellite alignment:
 - :class:`TransformUncertainty` -- every estimated transform's reliability:
   parameter covariance, corner uncertainty (:func:`corner_sd`) and model
   checks (:func:`assess_transform`); an unreliable frame falls back to the
+  first reliable simpler model (:func:`check_simplification`), else to the
   local registration alone, with an :class:`UnreliableTransformWarning`.
 
 Conventions: docs/conventions.md; transforms as in :mod:`mfsr.geometry._warp`, lens
@@ -31,7 +32,12 @@ from ._align import estimate_transform, warp
 from ._estimate import FitResult, FrameMap, GeometryParams, corner_sd, fit_transform, refine_photometric
 from ._lens import BrownConrady, check_distortion, default_camera_matrix
 from ._pipeline import GlobalGeometry, check_geometry_args, global_registration
-from ._reliability import TransformUncertainty, UnreliableTransformWarning, assess_transform
+from ._reliability import (
+    TransformUncertainty,
+    UnreliableTransformWarning,
+    assess_transform,
+    check_simplification,
+)
 from ._warp import (
     MODELS,
     GlobalWarp,
@@ -56,6 +62,7 @@ __all__ = [
     "check_distortion",
     "check_geometry_args",
     "check_model",
+    "check_simplification",
     "check_transform",
     "corner_sd",
     "default_camera_matrix",

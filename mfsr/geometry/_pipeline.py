@@ -51,8 +51,8 @@ from ._estimate import (
     tile_matches,
 )
 from ._lens import BrownConrady, check_distortion
-from ._reliability import UnreliableTransformWarning, assess_transform, unassessed
-from ._warp import check_model, check_transform, pixel_grid
+from ._reliability import UnreliableTransformWarning, assess_transform, check_simplification, unassessed
+from ._warp import MODELS, check_model, check_transform, pixel_grid
 
 __all__ = ["GlobalGeometry", "check_geometry_args", "global_registration", "resample"]
 
@@ -78,16 +78,31 @@ class GlobalGeometry:
         as the input frame; a re-mosaiced image for CFA), None without a
         known lens.
     transform_uncertainty : ndarray of float64, shape (N,), or None
-        Corner uncertainty of each frame's estimated global model, input px
-        (:class:`TransformUncertainty`; 0 for the reference, ``inf`` where
-        no model could be fitted); None without a global model.
+        Corner uncertainty of the model each frame reports in
+        ``transforms``, input px (:class:`TransformUncertainty`; 0 for the
+        reference); for a frame on the local registration alone, that of
+        the requested model's estimate (``inf`` where none could be
+        fitted). None without a global model.
     transform_reliable : ndarray of bool, shape (N,), or None
-        Whether each frame's model passed (True for the reference). With
-        ``GeometryParams.fallback`` a frame that did not uses the local
-        registration alone: its ``transforms`` entry is the identity (and
-        its ``distortion`` the known lens or zero).
+        Whether each frame's reported model is reliable (True for the
+        reference). With ``GeometryParams.fallback`` a frame whose requested
+        model is not reports the first reliable simpler model
+        (``transform_models``), else the unreliable estimate it started its
+        local registration from (``start_from_unreliable``, flagged False),
+        else the identity (the local registration alone, False too; its
+        ``distortion`` the known lens or zero).
     uncertainties : list of (TransformUncertainty or None), length N, or None
-        The full assessment of each frame (None for the reference).
+        The full assessment of each frame's reported model (of the
+        requested model's estimate for an identity; None for the
+        reference).
+    transform_models : tuple of str, length N, or None
+        The model each frame's ``transforms`` entry is: the requested one,
+        a simpler one of the fallback chain, or ``"identity"`` for the
+        local registration alone (the requested model for the reference).
+    attempts : list, length N, or None
+        Per frame (None for the reference), every model tried in order, the
+        requested one first: ``(model, FrameMap, theta or None,
+        TransformUncertainty)``.
     """
 
     flows: np.ndarray
@@ -98,6 +113,8 @@ class GlobalGeometry:
     transform_uncertainty: np.ndarray | None = None
     transform_reliable: np.ndarray | None = None
     uncertainties: list | None = None
+    transform_models: tuple | None = None
+    attempts: list | None = None
 
 
 def check_geometry_args(geometry, distortion, shape) -> tuple[str | None, str | None, tuple | None]:
@@ -236,9 +253,11 @@ def global_registration(
     Warns
     -----
     UnreliableTransformWarning
-        When a frame's model is unreliable, naming the frames, their corner
-        uncertainty and why (with ``GeometryParams.fallback``, also that
-        they use the local registration alone).
+        When a frame's requested model is unreliable, naming the frames,
+        their corner uncertainty and why, and (with
+        ``GeometryParams.fallback``) what each fell back to: a reliable
+        simpler model, the unreliable estimate as the start of its local
+        registration, or the local registration alone.
 
     Raises
     ------
@@ -262,33 +281,86 @@ def global_registration(
     (distorted) reference grid is carried to the rectified output grid:
     ``flow(u) = D(u) + G(D(u)) - u`` (``G`` sampled bilinearly).
 
-    A frame whose model is unreliable falls back (``GeometryParams.fallback``)
-    to what the fusion does without ``geometry=``: the flow of step (1)'s
-    tile motion alone, or with a known lens the lens map plus a residual
-    registration. The returned transforms then never carry a model that
-    was judged unreliable, and such a frame is fused exactly as without a
-    global model. That is not always the better image: where the tiles find
-    too little texture, a smooth model that is off at the corners can
-    still fuse better than the tile motion alone (benchmarks/RESULTS.md
-    measures both); ``fallback=False`` keeps the estimate.
+    A frame whose requested model is unreliable falls back
+    (``GeometryParams.fallback``), in this order:
+
+    1. the fallback chain (``fallback_chain``): the simpler models below the
+       requested one (affine, similarity, translation), each fitted to the
+       same tile matches of step (1) and refined as in steps (2) to (4);
+       the first reliable one is used and reported. Reliable includes
+       agreeing with every richer estimate at the corners within what that
+       estimate resolves (:func:`mfsr.geometry.check_simplification`): a
+       simpler model's small uncertainty does not cover the motion it
+       cannot represent.
+    2. otherwise (``start_from_unreliable="if better"``, the default) the
+       requested model's estimate, unless degenerate, still starts the
+       local registration of step (5), which corrects it where the tiles
+       find texture, and that flow is kept where it aligns the frame with
+       the reference significantly better than the local registration
+       alone (:func:`_aligns_better`: mean absolute photometric residual,
+       two block-robust standard errors). The frame's ``transforms`` entry
+       is then that estimate, flagged unreliable (``transform_reliable``
+       False, ``transform_models`` the requested model): the flow is
+       ``transforms[k](p) - p + residual(p)`` exactly as for a reliable
+       frame, but the estimate itself may be several px off and is not a
+       geometry to use. ``"always"`` keeps that flow regardless.
+    3. otherwise what the fusion does without ``geometry=``: the flow of
+       step (1)'s tile motion alone, or with a known lens the lens map plus
+       a residual registration (``transform_models`` ``"identity"``, the
+       identity transform, flagged unreliable).
+
+    So every transform reported reliable passed its own checks, and none
+    reported unreliable is silent (the warning names it). Where the tiles
+    find too little texture the estimate, though off at the corners, often
+    fuses better than the tile motion alone, which is why step 2 exists;
+    benchmarks/RESULTS.md measures every step. ``fallback=False`` uses the
+    requested estimate whatever its reliability.
     """
     params = GeometryParams() if params is None else params
     with single_torch_thread():
         out = _global_registration(burst, cfa, reference, geometry, distortion, registration, params, frames)
-    if out.transform_reliable is not None and not out.transform_reliable.all():
-        bad = [k for k in range(len(out.transform_reliable)) if not out.transform_reliable[k]]
-        model = geometry if geometry is not None else "homography"
-        what = "; ".join(f"frame {k}: {out.uncertainties[k].reason}" for k in bad)
-        then = ("those frames use the local registration alone (identity global model)" if params.fallback
-                else "the estimates are used anyway (GeometryParams.fallback=False)")
-        warnings.warn(
-            f"geometry: the {model} estimated for {len(bad)} of {len(out.transform_reliable) - 1} frames "
-            f"is unreliable ({what}); {then}. FusionResult.transform_reliable and "
-            "transform_uncertainty give every frame's flag and corner uncertainty (input px)",
-            UnreliableTransformWarning,
-            stacklevel=2,
-        )
+    if out.transform_reliable is not None:
+        msg = _unreliable_message(out, params)
+        if msg:
+            warnings.warn(msg, UnreliableTransformWarning, stacklevel=2)
     return out
+
+
+def _frames(ks) -> str:
+    return ("frame " if len(ks) == 1 else "frames ") + ", ".join(str(k) for k in ks)
+
+
+def _unreliable_message(out: GlobalGeometry, params: GeometryParams) -> str:
+    """The warning naming every frame whose requested model was unreliable
+    and what it fell back to ("" when there is none)."""
+    n = len(out.transform_models)
+    bad = [k for k in range(n) if out.attempts[k] is not None and not out.attempts[k][0][3].reliable]
+    if not bad:
+        return ""
+    model = out.attempts[bad[0]][0][0]
+    what = "; ".join(f"frame {k}: {out.attempts[k][0][3].reason}" for k in bad)
+    if not params.fallback:
+        then = "the estimates are used anyway (GeometryParams.fallback=False)"
+    else:
+        groups: dict = {}
+        for k in bad:
+            groups.setdefault(out.transform_models[k], []).append(k)
+        parts = []
+        for name, ks in groups.items():
+            one = len(ks) == 1
+            if name == "identity":
+                tried = any(len(out.attempts[k]) > 1 for k in ks)
+                parts.append(f"{_frames(ks)} {'uses' if one else 'use'} the local registration alone (identity "
+                             "global model" + ("; no simpler model was reliable either)" if tried else ")"))
+            elif name == model:
+                parts.append(f"{_frames(ks)} {'starts' if one else 'start'} the local registration from the "
+                             f"unreliable {model}, reported as unreliable")
+            else:
+                parts.append(f"{_frames(ks)} {'falls' if one else 'fall'} back to a reliable {name}")
+        then = "; ".join(parts)
+    return (f"geometry: the {model} estimated for {len(bad)} of {n - 1} frames is unreliable ({what}); "
+            f"{then}. FusionResult.transform_models, transform_reliable and transform_uncertainty give every "
+            "frame's model, flag and corner uncertainty (input px)")
 
 
 def _global_registration(burst, cfa, reference, geometry, distortion, registration, params, frames):
@@ -319,6 +391,9 @@ def _global_registration(burst, cfa, reference, geometry, distortion, registrati
     uncert = np.zeros(n) if fmap is not None else None
     reliable = np.ones(n, bool) if fmap is not None else None
     assessed: list = [None] * n
+    attempts: list = [None] * n
+    names = [model if fmap is not None else None] * n
+    ref_full = None  # the reference's raw-resolution grey, for _aligns_better
     coeffs = None
     if mode == "known":
         coeffs = np.tile(lens[0], (n, 1))
@@ -332,48 +407,65 @@ def _global_registration(burst, cfa, reference, geometry, distortion, registrati
                 flows[k, ..., 0] = (dist_pts[:, 1] - _grid_points(h, w)[:, 1].numpy()).reshape(h, w)
                 flows[k, ..., 1] = (dist_pts[:, 0] - _grid_points(h, w)[:, 0].numpy()).reshape(h, w)
             continue
-        use_model = fmap is not None
-        if use_model:
+
+        def residual(fn):
+            """Local registration started from ``fn``: (TileMotion, flow on the reference grid)."""
+            # prior on the reference's own grid: p -> fn(U(p)) with a lens
+            if undist is None:
+                prior = _dense(fn, (h, w))
+            else:
+                with torch.no_grad():
+                    q = fn(undist).numpy()
+                pts = _grid_points(h, w).numpy()
+                prior = np.ascontiguousarray(np.stack([q[:, 1] - pts[:, 1], q[:, 0] - pts[:, 0]], -1)
+                                             .reshape(h, w, 2), dtype=np.float32)
+            mo = _shrink(align_frame(ref_pyr, burst[k], prior=prior), params.residual_shrinkage)
+            return mo, prior + dense_flow(mo, (h, w))
+
+        def without_model(motion):
+            """What the fusion does without geometry=: the plain tile motion,
+            or with a known lens the lens map plus a residual registration."""
+            if lens_map is None:
+                return motion, dense_flow(motion, (h, w))
+            return residual(lambda p: lens_map.apply(zero, p))
+
+        if fmap is None:  # a known lens alone
+            mo, total = without_model(None)
+        else:
             motion = align_frame(ref_pyr, burst[k])
-            theta, assessed[k] = _frame_model(
+            attempts[k], chosen = _frame_model(
                 motion, burst[k], ref_grey, fmap, bc, model, (h, w), cfa, gp, params, k
             )
-            uncert[k] = assessed[k].corner_uncertainty
-            reliable[k] = assessed[k].reliable
+            first = attempts[k][0]
+            if chosen is not None:
+                name, fm, theta, unc = attempts[k][chosen]
+            elif first[2] is not None and (not params.fallback or params.start_from_unreliable != "never"):
+                name, fm, theta, unc = first  # the unreliable estimate, flagged
+            else:
+                name, fm, theta, unc = "identity", fmap, None, first[3]
             if theta is not None:
-                transforms[k] = fmap.matrix(theta).numpy()
+                th = torch.as_tensor(theta)
+                mo, total = residual(lambda p, th=th, fm=fm: fm.apply(th, p))
+                if chosen is None and params.fallback and params.start_from_unreliable == "if better":
+                    # started from an unreliable estimate: kept only where it
+                    # aligns the frame significantly better than the local registration alone
+                    if ref_full is None:
+                        ref_full = _photometric_image(burst[reference], cfa)
+                    mo_id, total_id = without_model(motion)
+                    if not _aligns_better(ref_full, _photometric_image(burst[k], cfa), total, total_id,
+                                          params.prefilter_sigma):
+                        name, theta, mo, total = "identity", None, mo_id, total_id
+            else:
+                mo, total = without_model(motion)
+            names[k] = name
+            assessed[k] = unc
+            uncert[k] = unc.corner_uncertainty
+            reliable[k] = chosen is not None
+            if theta is not None:
+                transforms[k] = fm.matrix(theta).numpy()
                 if mode == "estimate":
-                    coeffs[k] = fmap.radial_coeffs(theta)
-            use_model = theta is not None and (reliable[k] or not params.fallback)
-            if not use_model:
-                transforms[k] = np.eye(3)
-                if mode == "estimate":
-                    coeffs[k] = 0.0
-                if lens_map is None:
-                    # as without geometry=: the plain tile motion is the flow
-                    spreads[k] = (flow_irregularity(motion), motion)
-                    flows[k] = dense_flow(motion, (h, w))
-                    continue
-        if use_model:
-            th = torch.as_tensor(theta)
-
-            def fn(p, th=th):
-                return fmap.apply(th, p)
-        else:
-            def fn(p):
-                return lens_map.apply(zero, p)
-        # prior on the reference's own grid: p -> fn(U(p)) with a lens
-        if undist is None:
-            prior = _dense(fn, (h, w))
-        else:
-            with torch.no_grad():
-                q = fn(undist).numpy()
-            pts = _grid_points(h, w).numpy()
-            prior = np.ascontiguousarray(np.stack([q[:, 1] - pts[:, 1], q[:, 0] - pts[:, 0]], -1)
-                                         .reshape(h, w, 2), dtype=np.float32)
-        motion = _shrink(align_frame(ref_pyr, burst[k], prior=prior), params.residual_shrinkage)
-        spreads[k] = (flow_irregularity(motion), motion)
-        total = prior + dense_flow(motion, (h, w))
+                    coeffs[k] = fm.radial_coeffs(theta)
+        spreads[k] = (flow_irregularity(mo), mo)
         if dist_pts is None:
             flows[k] = total
         else:
@@ -391,23 +483,60 @@ def _global_registration(burst, cfa, reference, geometry, distortion, registrati
             ref_frame = mosaic(rgb, cfa).astype(np.float32)
         else:
             ref_frame = resample(burst[reference], fn0, 1, "bilinear")
-    return GlobalGeometry(flows, spreads, transforms, coeffs, ref_frame, uncert, reliable,
-                          assessed if fmap is not None else None)
+    if fmap is None:
+        return GlobalGeometry(flows, spreads, transforms, coeffs, ref_frame)
+    names[reference] = model
+    return GlobalGeometry(flows, spreads, transforms, coeffs, ref_frame, uncert, reliable, assessed,
+                          tuple(names), attempts)
 
 
 def _frame_model(motion, frame, ref_grey, fmap, bc, model, shape, cfa, gp, params, k):
-    """Global model of one frame and its reliability.
+    """Global model of one frame, its reliability and the fallback chain.
 
-    Returns ``(theta or None, TransformUncertainty)``: None where no model
-    could be fitted or the fitted one is degenerate (unreliable then). With
-    ``params.fallback`` off those cases raise instead, as they did before
-    the fallback existed.
+    Returns ``(attempts, chosen)``: ``attempts`` lists ``(model, FrameMap,
+    theta or None, TransformUncertainty)`` for every model tried, the
+    requested one first (theta None where no model could be fitted or the
+    fitted one is degenerate, unreliable then); ``chosen`` indexes the
+    reliable one (None where none is). The simpler models are tried only
+    where the requested one is unreliable and ``params.fallback`` and
+    ``params.fallback_chain`` are set, from the one just below it down to
+    the translation, each on the same tile matches and refined the same
+    way, until one is reliable (:func:`check_simplification` included).
+    With ``params.fallback`` off a fit failure or a degenerate estimate
+    raises instead, as before the fallback existed.
     """
     src, dst, wts = tile_matches(motion, params.min_sigma)
     if bc is not None:
         with torch.no_grad():
             src = bc.undistort_points(torch.as_tensor(src)).numpy()
             dst = bc.undistort_points(torch.as_tensor(dst)).numpy()
+    moving = _photometric_image(frame, cfa, params.photometric_full_resolution) if params.photometric else None
+    wfit = np.where(np.isfinite(wts) & (wts > 0), wts, 0.0)
+    attempts = []
+    models = [model]
+    if params.fallback and params.fallback_chain:
+        models += list(MODELS[: MODELS.index(model)][::-1])
+    for i, m in enumerate(models):
+        fm = fmap if i == 0 else FrameMap(m, shape, lens=_lens_of(fmap), radial=fmap.radial)
+        theta, unc = _fit_one(fm, m, src, dst, wts, wfit, moving, ref_grey, bc, shape, gp, params, k)
+        if i and theta is not None and unc.reliable:
+            unc = check_simplification(fm, theta, unc, attempts)
+        attempts.append((m, fm, theta, unc))
+        if theta is not None and unc.reliable:
+            return attempts, i
+    return attempts, None
+
+
+def _lens_of(fmap):
+    """``(coeffs, K)`` of a FrameMap's known lens, or None."""
+    if fmap.lens is None:
+        return None
+    return fmap.lens[0][0].numpy(), fmap.lens[1][0].numpy()
+
+
+def _fit_one(fmap, model, src, dst, wts, wfit, moving, ref_grey, bc, shape, gp, params, k):
+    """Point fit, photometric refinement and assessment of one model on one
+    frame's matches: ``(theta or None, TransformUncertainty)``."""
     try:
         fit = fit_transform(src, dst, model, shape, weights=wts, radial=fmap.radial, params=params)
     except ValueError as err:
@@ -417,7 +546,6 @@ def _frame_model(motion, frame, ref_grey, fmap, bc, model, shape, cfa, gp, param
     theta = fit.theta if fmap.radial else fmap.theta_from(fit.matrix)
     cov = fit.covariance  # (the same parameter vector as fmap's; the lens has none)
     if params.photometric:
-        moving = _photometric_image(frame, cfa, params.photometric_full_resolution)
         theta, cov = refine_photometric(
             ref_grey, moving, fmap, theta, grid_factor=gp,
             params=params, points_map=None if bc is None else bc.undistort_points,
@@ -432,8 +560,61 @@ def _frame_model(motion, frame, ref_grey, fmap, bc, model, shape, cfa, gp, param
                 "may not show the reference scene"
             ) from None
         return None, unassessed(fmap.n, f"degenerate ({err})")
-    wfit = np.where(np.isfinite(wts) & (wts > 0), wts, 0.0)
     return theta, assess_transform(fmap, theta, cov, src, dst, wfit, fit.weights, params)
+
+
+#: Side of the pixel blocks over which :func:`_aligns_better` lets the data
+#: measure the spread of its residual difference (several times the
+#: residuals' correlation length, as ``COVARIANCE_BLOCK`` of the
+#: photometric covariance).
+SELECT_BLOCK = 8
+#: Standard errors by which the estimate-started flow must lower the mean
+#: residual to be kept (:func:`_aligns_better`).
+SELECT_Z = 2.0
+
+
+def _aligns_better(ref: np.ndarray, frame: np.ndarray, flow: np.ndarray, other: np.ndarray,
+                   sigma: float) -> bool:
+    """Whether ``flow`` aligns ``frame`` with ``ref`` significantly better than ``other``.
+
+    Both are (H, W, 2) (dy, dx) flows on the reference grid, input px; the
+    grey images (H, W) are blurred by ``sigma`` px (noise, aliasing) and the
+    frame is sampled bilinearly at ``p + flow(p)``. Better: the mean over
+    the reference pixels both flows map inside the frame of ``d(p) =
+    |ref(p) - frame(p + flow(p))| - |ref(p) - frame(p + other(p))|`` is
+    below zero by more than :data:`SELECT_Z` of its standard error, which is
+    measured from the sums of ``d`` over :data:`SELECT_BLOCK`-px blocks
+    (neighbouring residuals are correlated). Where the flows agree ``d`` is
+    zero; the test is decided where they differ and the image has texture
+    to tell which is right, and a flat or dark frame keeps ``other``.
+    """
+    from scipy.ndimage import gaussian_filter, map_coordinates
+
+    h, w = ref.shape
+    if sigma > 0:
+        ref = gaussian_filter(ref, sigma, mode="nearest")
+        frame = gaussian_filter(frame, sigma, mode="nearest")
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    res, inside = [], np.ones((h, w), bool)
+    for f in (flow, other):
+        y, x = yy + f[..., 0], xx + f[..., 1]
+        inside &= (y >= 0) & (y <= h - 1) & (x >= 0) & (x <= w - 1)
+        res.append(np.abs(ref - map_coordinates(frame, [y, x], order=1, mode="nearest")))
+    n = int(inside.sum())
+    if n == 0:
+        return False
+    d = np.where(inside, res[0] - res[1], 0.0)
+    mean = float(d.sum()) / n
+    b = SELECT_BLOCK
+    nby, nbx = -(-h // b), -(-w // b)
+    pad = ((0, nby * b - h), (0, nbx * b - w))
+    sums = np.pad(d, pad).reshape(nby, b, nbx, b).sum((1, 3)).ravel()
+    counts = np.pad(inside, pad).reshape(nby, b, nbx, b).sum((1, 3)).ravel()
+    used = counts > 0
+    if used.sum() < 2:
+        return False
+    se = float(np.sqrt(((sums[used] - counts[used] * mean) ** 2).sum())) / n
+    return mean < -SELECT_Z * se
 
 
 def _shrink(motion, factor: float):

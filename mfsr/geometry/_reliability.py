@@ -11,12 +11,20 @@ motions it came from contradict (a photometric refinement caught in a wrong
 basin). The transform is reliable when the largest corner uncertainty is at
 most ``GeometryParams.max_corner_uncertainty`` and every check passes.
 
+A *simpler* model fitted in place of an unreliable one (the fallback chain of
+:func:`mfsr.geometry.global_registration`) has one more check,
+:func:`check_simplification`: its own small uncertainty says nothing about
+the motion it cannot represent (a translation fitted to a perspective change
+is precise and several px wrong at the corners), so it must agree with every
+richer estimate tried before it, at every corner, within what that
+estimate's own uncertainty can resolve.
+
 Units: input px; matches and transforms as in :mod:`mfsr.geometry._warp`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -24,12 +32,15 @@ import torch
 from ._estimate import FrameMap, GeometryParams, corner_sd
 
 __all__ = [
+    "CHAIN_AGREEMENT",
+    "CHAIN_MAX_TOLERANCE",
     "MIN_CONSENSUS",
     "MIN_INLIERS_PER_PARAMETER",
     "MIN_SPREAD",
     "TransformUncertainty",
     "UnreliableTransformWarning",
     "assess_transform",
+    "check_simplification",
     "unassessed",
 ]
 
@@ -53,6 +64,22 @@ MIN_SPREAD = 0.3
 #: motion the tiles saw. Textured frames keep at least 0.7 even under heavy
 #: noise, so half leaves a wide margin.
 MIN_CONSENSUS = 0.5
+
+#: A simpler model agrees with a richer estimate when every image corner of
+#: the two lies within this many of the richer estimate's corner standard
+#: deviations (:func:`check_simplification`): with the corner error about
+#: Gaussian, a correct simplification fails it at a given corner with a
+#: chance of 0.3 % at most (all the error along one axis; 1e-4 when it is
+#: isotropic).
+CHAIN_AGREEMENT = 3.0
+
+#: Largest agreement tolerance (``CHAIN_AGREEMENT`` times the richer
+#: estimate's corner standard deviation), input px: the richer estimate can
+#: only reveal a model error larger than its tolerance, so a simplification
+#: tested against a vaguer estimate could carry a larger error unseen.
+#: 1 px keeps every undetected model error under a pixel ("never a silent
+#: 3 px error") and is what a 0.33 px corner uncertainty resolves.
+CHAIN_MAX_TOLERANCE = 1.0
 
 
 class UnreliableTransformWarning(UserWarning):
@@ -91,6 +118,10 @@ class TransformUncertainty:
     consensus : float
         Share of the usable tile motions the transform explains
         (:data:`MIN_CONSENSUS`).
+    checks_passed : bool
+        Every model check passed (inliers, spread, consensus and, for a
+        simplified model, :func:`check_simplification`), whatever the
+        corner uncertainty.
     """
 
     covariance: np.ndarray
@@ -101,6 +132,7 @@ class TransformUncertainty:
     inliers: int = 0
     spread: float = float("nan")
     consensus: float = float("nan")
+    checks_passed: bool = False
 
 
 def unassessed(n_params: int, reason: str) -> TransformUncertainty:
@@ -167,6 +199,7 @@ def assess_transform(
     reasons = []
     if not unc <= params.max_corner_uncertainty:
         reasons.append(f"corner uncertainty {unc:.3g} px > {params.max_corner_uncertainty:g} px")
+    n_unc = len(reasons)
     usable = prior > 0
     inl = usable & (robust > 0)
     n_in = int(inl.sum())
@@ -196,4 +229,83 @@ def assess_transform(
         inliers=n_in,
         spread=spread,
         consensus=consensus,
+        checks_passed=len(reasons) == n_unc,
     )
+
+
+def _corners(fmap: FrameMap, theta) -> np.ndarray:
+    """(4, 2) mapped image corners (order of :func:`corner_sd`), input px."""
+    h, w = fmap.shape
+    c = torch.tensor([[0.0, 0.0], [w - 1.0, 0.0], [w - 1.0, h - 1.0], [0.0, h - 1.0]], dtype=torch.float64)
+    with torch.no_grad():
+        return fmap.apply(torch.as_tensor(np.asarray(theta, np.float64)), c).numpy()
+
+
+def check_simplification(
+    fmap: FrameMap,
+    theta,
+    uncertainty: TransformUncertainty,
+    richer: list,
+) -> TransformUncertainty:
+    """Whether a simpler model may stand in for the richer ones tried before it.
+
+    Parameters
+    ----------
+    fmap : FrameMap
+        Parameterisation of the simpler model (same shape, lens and radial
+        term as the richer ones).
+    theta : array_like, shape (P,)
+        Its estimate.
+    uncertainty : TransformUncertainty
+        Its own assessment (:func:`assess_transform`).
+    richer : list of (str, FrameMap, ndarray or None, TransformUncertainty)
+        ``(model, fmap, theta, assessment)`` of every richer model tried for
+        the frame, the requested one first (``theta`` None where it could
+        not be estimated).
+
+    Returns
+    -------
+    TransformUncertainty
+        ``uncertainty``, made unreliable (``checks_passed`` False, the
+        reason appended) unless every richer estimate exists, passed its
+        own model checks, has a finite corner uncertainty with
+        :data:`CHAIN_AGREEMENT` times it at most
+        :data:`CHAIN_MAX_TOLERANCE`, and agrees with the simpler model at
+        every corner within :data:`CHAIN_AGREEMENT` of its corner standard
+        deviations.
+
+    Notes
+    -----
+    A nested-model (Wald-type) test on the corners: where the richer model's
+    extra freedom is not needed, its estimate scatters around the simpler
+    one by its own noise; a larger departure is motion the simpler model
+    cannot represent. The richer estimate's tolerance bounds the model error
+    that can pass unseen, so a simplification is never certified against an
+    estimate too vague to show a pixel of model error
+    (:data:`CHAIN_MAX_TOLERANCE`), nor against one that failed its own model
+    checks (a wrong basin is no reference). The tolerance uses the richer
+    estimate's deviation alone, not that of the difference (smaller for
+    nested fits on the same data), which errs towards accepting by at most
+    the simpler model's own deviation.
+    """
+    reasons = []
+    mine = _corners(fmap, theta)
+    for model, fm, th, unc in richer:
+        if th is None or not unc.checks_passed:
+            reasons.append(f"the {model} it simplifies failed its own checks, nothing to test it against")
+            break
+        tol = CHAIN_AGREEMENT * np.asarray(unc.corner_sd, np.float64)
+        if not np.isfinite(tol).all() or tol.max() > CHAIN_MAX_TOLERANCE:
+            reasons.append(f"the {model} it simplifies is too uncertain to test it ({CHAIN_AGREEMENT:g} sd = "
+                           f"{tol.max():.3g} px > {CHAIN_MAX_TOLERANCE:g} px)")
+            break
+        d = np.linalg.norm(mine - _corners(fm, th), axis=1)
+        if np.any(d > tol):
+            c = int(np.argmax(d / tol))
+            reasons.append(f"departs from the {model} estimate by {d[c]:.3g} px at a corner "
+                           f"(> {CHAIN_AGREEMENT:g} sd = {tol[c]:.3g} px)")
+            break
+    if not reasons:
+        return uncertainty
+    reason = "; ".join(([uncertainty.reason] if uncertainty.reason else []) + reasons)
+    return replace(uncertainty, reliable=False, checks_passed=False, reason=reason)
