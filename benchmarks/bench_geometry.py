@@ -19,8 +19,12 @@ Prints markdown tables to stdout:
    simulated per-frame homographies: corner error of the transforms
    reported reliable and of those flagged, the share flagged, needless
    flags (flagged although within 0.1 px), and the fused PSNR without
-   geometry, with the estimates used regardless (no fallback) and with the
-   fallback; then the same figures per reliability threshold.
+   geometry, with the estimates used regardless (no fallback) and with each
+   fallback (identity, the chain of simpler models, the chain then the
+   unreliable estimate as the local registration's start, always or where
+   it aligns the frame significantly better: the default), under
+   perspective motion and under a pure translation; then the identity
+   fallback's figures per reliability threshold.
 
 Run: ``.venv/bin/python benchmarks/bench_geometry.py [--quick] [--uncertainty | --only-uncertainty]``.
 
@@ -63,9 +67,10 @@ def homography_table(scenes, n_frames, size):
         ("CFA RGGB", dict(max_shift=3, corner_shift=5, local_warp=0.05, alpha=2e-3, beta=2e-4, cfa="RGGB")),
     ]
     print("## Homography bursts (scale 2, %d frames, %d px frames)\n" % (n_frames, size // 2))
-    print("| scene | condition | corner err median / max (px) | flagged (needless) | flow EPE none / homography (px) "
-          "| PSNR none / homography (dB) | gain (dB) | time none / homography (s) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| scene | condition | corner err median / max (px) | flagged (needless) | flagged frames use | "
+          "flow EPE none / homography (px) | PSNR none / homography (dB) | gain (dB) | "
+          "identity fallback: flow EPE (px) / gain (dB) | time none / homography (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     allerr = []
     for scene in scenes:
         grey = scene in ("camera", "moon")
@@ -79,7 +84,8 @@ def homography_table(scenes, n_frames, size):
                 warnings.simplefilter("ignore", UnreliableTransformWarning)
                 r1, t1 = timed(lambda: fuse(b.frames, refine=False, scale=2, cfa=b.cfa, noise=b.noise,
                                             geometry="homography"))
-                flagged = ~r1.transform_reliable[1:]
+                # the homography judged unreliable (the frame then reports a simpler model or is flagged)
+                flagged = ~(r1.transform_reliable[1:] & (np.array(r1.transform_models[1:]) == "homography"))
                 est = r1.transforms
                 if flagged.any():  # the estimates themselves (flagged frames get the identity)
                     est = align(b.frames, b.cfa, 0, geometry="homography",
@@ -90,13 +96,26 @@ def homography_table(scenes, n_frames, size):
                 allerr.append(e.ravel())
             p0 = psnr(r0.image, b.ground_truth, crop=8)
             p1 = psnr(r1.image, b.ground_truth, crop=8)
+            use, old = "-", "-"
+            if flagged.any():
+                models = np.array(r1.transform_models[1:])[flagged]
+                use = ", ".join(f"{m} {int((models == m).sum())}" for m in dict.fromkeys(models))
+                with warnings.catch_warnings():  # the fallback before the chain, for comparison
+                    warnings.simplefilter("ignore", UnreliableTransformWarning)
+                    rid = fuse(b.frames, refine=False, scale=2, cfa=b.cfa, noise=b.noise, geometry="homography",
+                               geometry_params=GeometryParams(fallback_chain=False, start_from_unreliable="never"))
+                old = (f"{flow_epe(rid.flow[1:], b.flow[1:]):.3f} / "
+                       f"{psnr(rid.image, b.ground_truth, crop=8) - p0:+.2f}")
             print(f"| {scene} | {label} | {np.median(e):.3f} / {e.max():.3f} | {int(flagged.sum())} ({needless}) | "
-                  f"{flow_epe(r0.flow[1:], b.flow[1:]):.3f} / {flow_epe(r1.flow[1:], b.flow[1:]):.3f} | "
-                  f"{p0:.2f} / {p1:.2f} | {p1 - p0:+.2f} | {t0:.1f} / {t1:.1f} |", flush=True)
+                  f"{use} | {flow_epe(r0.flow[1:], b.flow[1:]):.3f} / {flow_epe(r1.flow[1:], b.flow[1:]):.3f} | "
+                  f"{p0:.2f} / {p1:.2f} | {p1 - p0:+.2f} | {old} | {t0:.1f} / {t1:.1f} |", flush=True)
     print(f"\nMedian corner error over all 'moderate noise' frames and corners: "
           f"{np.median(np.concatenate(allerr)):.3f} px. Corner errors are of the estimates; flagged: frames "
-          f"judged unreliable (fused with the local registration alone), needless: of those, the ones "
-          f"within {UNC_GOAL:g} px at every corner.\n")
+          f"whose homography was judged unreliable, needless: of those, the ones within {UNC_GOAL:g} px at "
+          "every corner; flagged frames use: their `transform_models` (a simpler model reported reliable, the "
+          "homography as the flagged start of the local registration, or the identity); identity fallback: "
+          "the same burst with every flagged frame on the local registration alone (the fallback before the "
+          "chain).\n")
 
 
 def ordinary_table(scenes, n_frames, size):
@@ -120,8 +139,11 @@ def ordinary_table(scenes, n_frames, size):
                 r1 = fuse(b.frames, refine=False, scale=2, cfa=b.cfa, noise=noise, geometry="homography")
             p1 = psnr(r1.image, b.ground_truth, crop=8)
             worst = min(worst, p1 - p0)
+            flagged = ~(r1.transform_reliable[1:] & (np.array(r1.transform_models[1:]) == "homography"))
+            models = np.array(r1.transform_models[1:])[flagged]
+            use = ", ".join(f"{m} {int((models == m).sum())}" for m in dict.fromkeys(models))
             print(f"| {scene} | {label} | {p0:.3f} | {p1:.3f} | {p1 - p0:+.3f} | "
-                  f"{int((~r1.transform_reliable[1:]).sum())} |", flush=True)
+                  f"{int(flagged.sum())}{f' ({use})' if use else ''} |", flush=True)
     print(f"\nWorst difference: {worst:+.3f} dB\n")
 
 
@@ -220,6 +242,30 @@ def _mixed(est: Alignment, plain: Alignment, use_model: np.ndarray) -> Alignment
     return Alignment(est.frame_shape, spreads, dense)
 
 
+#: Fallback variants of the uncertainty table (``GeometryParams`` fields): the identity
+#: fallback alone (before the chain), the chain of simpler models, and the chain with the
+#: unreliable estimate still starting the local registration, always or where that aligns
+#: the frame better (the default).
+UNC_VARIANTS = {
+    "identity": dict(fallback_chain=False, start_from_unreliable="never"),
+    "chain": dict(fallback_chain=True, start_from_unreliable="never"),
+    "chain + start": dict(fallback_chain=True, start_from_unreliable="always"),
+    "chain + start if better": dict(fallback_chain=True, start_from_unreliable="if better"),
+}
+#: Motions of the uncertainty table: per-frame homographies (every corner moved up to 5 px
+#: on top of a common shift up to 3 px), and the common shift alone (a pure translation, which
+#: every simpler model represents).
+UNC_MOTIONS = {"perspective": dict(max_shift=3, corner_shift=5), "translation": dict(max_shift=3, corner_shift=0)}
+
+
+def _pick_errors(chain: dict, cell: dict, picked: np.ndarray) -> str:
+    """Largest corner error of the chain's reliable simpler models and of the
+    homography estimates of the same frames."""
+    if not picked.any():
+        return "-"
+    return f"{chain['err'][picked].max():.3f} / {cell['err'][picked].max():.3f}"
+
+
 def uncertainty_table(quick: bool):
     scenes = uncertainty_scenes()
     if not any(kind == "textured" for _, kind, _ in scenes):
@@ -228,69 +274,113 @@ def uncertainty_table(quick: bool):
     seeds = (11,) if quick else (11, 12, 13)
     n_frames, cfa, scale = 6, "RGGB", 2
     default = GeometryParams()
-    # estimates used regardless, model checks only: the threshold is applied below
-    free = GeometryParams(fallback=False, max_corner_uncertainty=np.inf)
+    # estimates used regardless (the identity only where one is degenerate), model checks only:
+    # the threshold is applied below
+    free = GeometryParams(max_corner_uncertainty=np.inf, fallback_chain=False, start_from_unreliable="always")
+    variants = {v: GeometryParams(**kw) for v, kw in UNC_VARIANTS.items()}
     rows = []
-    for name, kind, scene in scenes:
-        for nname, (a, b) in UNC_NOISE.items():
-            cell = dict(err=[], unc=[], checks=[], p0=[], p_est=[], p_fb={}, p_fuse=[])
-            for seed in seeds:
-                bb = simulate_geometric_burst(scene, n_frames=n_frames, scale=scale, cfa=cfa, max_shift=3,
-                                              corner_shift=5, local_warp=0.05, alpha=a, beta=b, seed=seed)
-                frames, noise = bb.frames, bb.noise
-                shape = frames.shape[1:3]
-                plain = align(frames, cfa, 0)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UnreliableTransformWarning)
-                    est = align(frames, cfa, 0, geometry="homography", geometry_params=free)
-                    res = fuse(frames, refine=False, scale=scale, cfa=cfa, noise=noise, geometry="homography")
-                gt = bb.ground_truth
+    for mname, motion in UNC_MOTIONS.items():
+        for name, kind, scene in scenes:
+            for nname, (a, b) in UNC_NOISE.items():
+                cell = dict(err=[], unc=[], checks=[], p0=[], p_est=[], p_fb={}, rep={v: [] for v in variants})
+                for seed in seeds:
+                    bb = simulate_geometric_burst(scene, n_frames=n_frames, scale=scale, cfa=cfa, local_warp=0.05,
+                                                  alpha=a, beta=b, seed=seed, **motion)
+                    frames, noise = bb.frames, bb.noise
+                    shape = frames.shape[1:3]
+                    true = bb.params["homographies"][1:]
+                    plain = align(frames, cfa, 0)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", UnreliableTransformWarning)
+                        est = align(frames, cfa, 0, geometry="homography", geometry_params=free)
+                        als = {v: align(frames, cfa, 0, geometry="homography", geometry_params=gp)
+                               for v, gp in variants.items()}
+                    gt = bb.ground_truth
 
-                def score(al):
-                    return psnr(merge(frames, al, scale=scale, cfa=cfa, reference=0, noise=noise).image, gt, crop=8)
+                    def score(al):
+                        return psnr(merge(frames, al, scale=scale, cfa=cfa, reference=0, noise=noise).image, gt,
+                                    crop=8)
 
-                cell["err"].append(corner_error(bb.params["homographies"][1:], est.transforms[1:], shape).max(1))
-                cell["unc"].append(est.transform_uncertainty[1:])
-                cell["checks"].append(est.transform_reliable[1:])
-                cell["p0"].append(score(plain))
-                cell["p_est"].append(score(est))
-                for t in sorted(set(UNC_THRESHOLDS) | {default.max_corner_uncertainty}):
-                    use = est.transform_reliable & (est.transform_uncertainty <= t)
-                    cell["p_fb"].setdefault(t, []).append(score(_mixed(est, plain, use)))
-                cell["p_fuse"].append(psnr(res.image, gt, crop=8))
-                # the shortcut above is the pipeline's own fallback
-                assert abs(cell["p_fuse"][-1] - cell["p_fb"][default.max_corner_uncertainty][-1]) < 1e-3
-                assert np.array_equal(res.transform_reliable[1:], cell["checks"][-1]
-                                      & (cell["unc"][-1] <= default.max_corner_uncertainty))
-            c = {k: (np.concatenate(v) if k in ("err", "unc", "checks") else v) for k, v in cell.items()}
-            rows.append((name, kind, nname, c))
+                    cell["err"].append(corner_error(true, est.transforms[1:], shape).max(1))
+                    cell["unc"].append(est.transform_uncertainty[1:])
+                    cell["checks"].append(est.transform_reliable[1:])
+                    cell["p0"].append(score(plain))
+                    cell["p_est"].append(score(est))
+                    if mname == "perspective":
+                        for t in sorted(set(UNC_THRESHOLDS) | {default.max_corner_uncertainty}):
+                            use = est.transform_reliable & (est.transform_uncertainty <= t)
+                            cell["p_fb"].setdefault(t, []).append(score(_mixed(est, plain, use)))
+                    for v, al in als.items():
+                        cell["rep"][v].append(dict(
+                            psnr=score(al), reliable=al.transform_reliable[1:],
+                            models=np.array(al.transform_models[1:]),
+                            err=corner_error(true, al.transforms[1:], shape).max(1)))
+                    # the sweep's shortcut is the pipeline's own identity fallback
+                    if mname == "perspective":
+                        fb = cell["p_fb"][default.max_corner_uncertainty][-1]
+                        assert abs(fb - cell["rep"]["identity"][-1]["psnr"]) < 1e-3
+                c = {k: (np.concatenate(v) if k in ("err", "unc", "checks") else v) for k, v in cell.items()}
+                c["rep"] = {v: {key: (np.mean([r[key] for r in rs]) if key == "psnr"
+                                      else np.concatenate([r[key] for r in rs])) for key in rs[0]}
+                            for v, rs in cell["rep"].items()}
+                rows.append((mname, name, kind, nname, c))
     thr = default.max_corner_uncertainty
     print(f"## Transform uncertainty: 128 px noisy Bayer crops of real captures (scale 2, {n_frames} frames, "
           f"{len(seeds)} burst(s) each, threshold {thr:g} px)\n")
-    print("| crop | kind | noise | frames | flagged | corner err of reliable, median / max (px) | "
-          "corner err of flagged, median / max (px) | corner uncertainty, median (px) | needless flags | "
-          "PSNR none / no fallback / fallback (dB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| motion | crop | kind | noise | frames | homography unreliable | needless | chain picks | "
+          "corner err of reported reliable, median / max (px) | of the chain's picks / of their homographies, "
+          "max (px) | "
+          "PSNR none / no fallback / identity / chain / chain + start / chain + start if better (dB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
 
     def med_max(e):
         return f"{np.median(e):.3f} / {e.max():.3f}" if len(e) else "-"
 
-    for name, kind, nname, c in rows:
+    for mname, name, kind, nname, c in rows:
         flag = ~(c["checks"] & (c["unc"] <= thr))
         needless = int((flag & (c["err"] <= UNC_GOAL)).sum())
-        print(f"| {name} | {kind} | {nname} | {len(flag)} | {flag.mean():.0%} | {med_max(c['err'][~flag])} | "
-              f"{med_max(c['err'][flag])} | {np.median(c['unc']):.3f} | {needless} | "
-              f"{np.mean(c['p0']):.2f} / {np.mean(c['p_est']):.2f} / {np.mean(c['p_fuse']):.2f} |", flush=True)
-    print("\nNeedless flag: flagged although its corner error is within "
-          f"{UNC_GOAL:g} px. Corner errors are of the estimates (the fallback replaces a flagged one by the "
-          "identity); PSNR is the mean over the crop's bursts.\n")
-    print("### Reliability threshold sweep (all crops and noise levels above)\n")
+        ch = c["rep"]["chain"]
+        picked = ch["reliable"] & (ch["models"] != "homography")
+        picks = ", ".join(f"{m} {int((ch['models'][picked] == m).sum())}"
+                          for m in ("affine", "similarity", "translation") if (ch["models"][picked] == m).any())
+        p = " / ".join(f"{x:.2f}" for x in (np.mean(c["p0"]), np.mean(c["p_est"]),
+                                             *(c["rep"][v]["psnr"] for v in variants)))
+        print(f"| {mname} | {name} | {kind} | {nname} | {len(flag)} | {flag.mean():.0%} | {needless} | "
+              f"{picks or '-'} | {med_max(ch['err'][ch['reliable']])} | {_pick_errors(ch, c, picked)} | {p} |",
+              flush=True)
+    print("\nhomography unreliable: frames whose homography is flagged; needless: of those, the ones within "
+          f"{UNC_GOAL:g} px at every corner; chain picks: the reliable simpler models the chain reported in their "
+          "place (their largest corner error, and that of the homography estimates they replace); corner "
+          "errors are of the reported transforms (`transforms` with the chain) flagged reliable, against the "
+          "true homography; PSNR is the mean over the crop's bursts: no fallback uses every "
+          "estimate (the identity where one is degenerate), identity the local registration alone for a "
+          "flagged frame, chain the simpler models then the identity, chain + start the simpler models then "
+          "the unreliable estimate as the local registration's start, chain + start if better (the default) "
+          "that start only where it aligns the frame significantly better than the local registration "
+          "alone.\n")
+    print("| motion | kind | frames | reported reliable: homography / simpler | max corner err of reported "
+          "reliable (px) | PSNR - identity: no fallback / chain / chain + start / chain + start if better (dB) |")
+    print("|---|---|---|---|---|---|")
+    for mname in UNC_MOTIONS:
+        for kind in ("low texture", "textured"):
+            sel = [c for m, _, k, _, c in rows if m == mname and k == kind]
+            ch = [c["rep"]["chain"] for c in sel]
+            rel = np.concatenate([r["reliable"] for r in ch])
+            mod = np.concatenate([r["models"] for r in ch])
+            err = np.concatenate([r["err"] for r in ch])
+            d = [np.mean([c["p_est"] if v == "est" else c["rep"][v]["psnr"] for c in sel])
+                 - np.mean([c["rep"]["identity"]["psnr"] for c in sel]) for v in ("est", *list(variants)[1:])]
+            print(f"| {mname} | {kind} | {len(rel)} | {int((rel & (mod == 'homography')).sum())} / "
+                  f"{int((rel & (mod != 'homography')).sum())} | {err[rel].max() if rel.any() else float('nan'):.3f} | "
+                  + " / ".join(f"{x:+.2f}" for x in d) + " |", flush=True)
+    print()
+    print("### Reliability threshold sweep (perspective motion, all crops and noise levels above; identity fallback)\n")
     print("| threshold (px) | kind | flagged | reliable within 0.1 px | max corner err of reliable (px) | "
           "needless flags | PSNR fallback - no fallback (dB) | PSNR fallback - none (dB) |")
     print("|---|---|---|---|---|---|---|---|")
     for t in UNC_THRESHOLDS:
         for kind in ("low texture", "textured"):
-            sel = [c for _, k, _, c in rows if k == kind]
+            sel = [c for m, _, k, _, c in rows if k == kind and m == "perspective"]
             err = np.concatenate([c["err"] for c in sel])
             flag = ~np.concatenate([c["checks"] & (c["unc"] <= t) for c in sel])
             d_est = np.mean([np.mean(c["p_fb"][t]) - np.mean(c["p_est"]) for c in sel])
