@@ -571,14 +571,22 @@ def _match_covariance(J: np.ndarray, r: np.ndarray, w: np.ndarray, u: np.ndarray
     # (floored like the robust scale: an exact fit of a few matches is no
     # proof of an exact transform)
     s2 = max(float((w * u * (r**2).sum(1)).sum()) / dof, floor**2)
+    cov = _sandwich(A, B, s2)
+    return inf if cov is None else cov
+
+
+def _sandwich(bread: np.ndarray, meat: np.ndarray, factor: float) -> np.ndarray | None:
+    """``factor * A^-1 M A^-1``, symmetrised; None where ``A`` is singular or ill-conditioned.
+
+    (A relative conditioning test: a singular normal matrix has no covariance.)
+    """
     try:
-        # (relative conditioning test: a singular A has no covariance)
-        if np.linalg.cond(A) > 1e12:
-            return inf
-        Ai = np.linalg.inv(A)
+        if np.linalg.cond(bread) > 1e12:
+            return None
+        inv = np.linalg.inv(bread)
     except np.linalg.LinAlgError:
-        return inf
-    cov = s2 * Ai @ B @ Ai
+        return None
+    cov = factor * inv @ meat @ inv
     return 0.5 * (cov + cov.T)
 
 
@@ -888,13 +896,6 @@ def _photometric_covariance(fmap, theta, pts, stack, step, shape, mshape, keep, 
     n_blocks = sums.shape[0]
     if n_blocks <= p:
         return inf
-    A = A.numpy()
-    try:
-        if np.linalg.cond(A) > 1e12:
-            return inf
-        Ai = np.linalg.inv(A)
-    except np.linalg.LinAlgError:
-        return inf
     S = sums.numpy()
-    cov = Ai @ (S.T @ S) @ Ai * (n_blocks / (n_blocks - p))
-    return 0.5 * (cov + cov.T)
+    cov = _sandwich(A.numpy(), S.T @ S, n_blocks / (n_blocks - p))
+    return inf if cov is None else cov
