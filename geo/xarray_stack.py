@@ -23,7 +23,7 @@ from mfsr.fusion import FusionParams
 from mfsr.validation import check_scale
 
 from .band_metadata import STALE_TAG_PREFIXES
-from .pipeline import GeoFusionResult, fuse_arrays
+from .pipeline import DEFAULT_GEOMETRY, DEFAULT_LOCAL, GeoFusionResult, fuse_arrays
 
 __all__ = ["fuse_xarray"]
 
@@ -54,6 +54,9 @@ def fuse_xarray(
     sample: int = 512,
     back_projection: int = 2,
     params: FusionParams | None = None,
+    geometry: str = DEFAULT_GEOMETRY,
+    local: bool = DEFAULT_LOCAL,
+    refine: bool = False,
 ):
     """Fuse the dates of a georeferenced DataArray stack into one finer DataArray.
 
@@ -104,6 +107,9 @@ def fuse_xarray(
         As in :func:`mfsr.geo.fuse_rasters` (tiles run on Dask's threaded
         scheduler; ``reference``, ``shifts`` index dates in ``time_dim``
         order).
+    geometry, local, refine :
+        As in :func:`mfsr.geo.fuse_rasters` (each date's global model and
+        local residual; the learned refinement, scale 2 only).
 
     Returns
     -------
@@ -219,7 +225,7 @@ def fuse_xarray(
             canon.data, crs, transform, scale, invalid, reference, nodata=compare, names=labels, tile=tile,
             workers=workers, radiometric=radiometric, robust=robust, progress=progress, shifts=shifts,
             max_shift=max_shift, min_correlation=min_correlation, sample=sample, back_projection=back_projection,
-            params=params,
+            params=params, geometry=geometry, local=local, refine=refine,
         )
     # Warnings (a date that does not register, ...) name the date; raised
     # again here they point at the caller's line, not at this module.

@@ -279,3 +279,13 @@ def test_sentinel2_same_as_fuse_rasters(tmp_path, scale):
     assert list(out.band.values) == ["B02", "B03", "B04", "B08"]
     rx, ry = stack.rio.resolution()
     assert out.rio.resolution() == pytest.approx((rx / scale, ry / scale))
+
+
+def test_geometry_and_refine_options_reach_the_fusion(passes):
+    stack = _stack(passes)
+    _, res = fuse_xarray(stack, scale=2, reference=1, geometry="translation", local=False, return_result=True)
+    assert res.models == ("translation",) * len(res.models) and res.tie_points == (None,) * len(res.models)
+    with pytest.raises(ValueError, match="geometry"):
+        fuse_xarray(stack, scale=2, geometry="perspective")
+    with pytest.raises(TypeError, match="refine"):
+        fuse_xarray(stack, scale=2, refine="yes")
