@@ -71,7 +71,7 @@ from .radiometry import fit_linear, masked_noise, working_range
 from .tie_points import MIN_GRID, TiePoints, fit_model, measure_tie_points, node_grid, residual_field
 from .tiles import TileTask, parse_scheduler, plan_tiles, run_tasks
 from .band_metadata import fused_band_metadata
-from .writer import RasterWriter, abort_all, check_output_path, commit_all
+from .writer import RasterWriter, abort_all, check_output_path, commit_all, fill_nodata
 
 __all__ = ["GeoFusionResult", "SATELLITE_PARAMS", "fuse_arrays", "fuse_rasters"]
 
@@ -323,6 +323,16 @@ def _normalise(data: np.ndarray, lo, hi, gain=None, offset=None) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
+def _estimation_view(norm: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Grey image and the pixels the estimates use: valid and within OUTLIER_RANGE of the working range.
+
+    Estimation leaves out values far outside the reference's working range
+    (unmasked clouds, saturation): they would dominate gradients and the
+    radiometric fit. The fusion's composite test handles them.
+    """
+    return norm.mean(axis=2), valid & np.all(np.abs(norm - 0.5) <= OUTLIER_RANGE, axis=2)
+
+
 def _out_index(r: int, n: int, n_out: int, scale: float) -> int:
     # Output row of working row r (a multiple of the scale's denominator, or the grid end).
     return n_out if r >= n else int(round(r * scale))
@@ -345,9 +355,10 @@ def _fuse_tile(args) -> tuple[TileTask, np.ndarray, np.ndarray, np.ndarray]:
             # Placed by its displacement: the read covers where the
             # window's pixels land; the mean is the offset, the rest the field.
             disp = ps.geometry.window_field(r0, r1, c0, c1) + np.asarray(ps.grid_offset, np.float32)
-            mean = disp.reshape(-1, 2).mean(axis=0).astype(np.float64)
+            flat = disp.reshape(-1, 2)
+            mean = flat.mean(axis=0).astype(np.float64)
             pfield = disp - mean.astype(np.float32)
-            lo_d, hi_d = disp.reshape(-1, 2).min(axis=0), disp.reshape(-1, 2).max(axis=0)
+            lo_d, hi_d = flat.min(axis=0), flat.max(axis=0)
         ay = int(np.floor(r0 + lo_d[0]))
         ax = int(np.floor(c0 + lo_d[1]))
         ya, yb = max(ay, 0), min(int(np.floor(r0 + hi_d[0])) + hr + 2, ph)
@@ -358,10 +369,8 @@ def _fuse_tile(args) -> tuple[TileTask, np.ndarray, np.ndarray, np.ndarray]:
         frames.append(_normalise(data, ctx.lo, ctx.hi, ps.gain, ps.offset))
         valids.append(valid)
         fields.append(pfield)
-        if pfield is None:
-            fracs.append((r0 + ps.total[0] - ya, c0 + ps.total[1] - xa))
-        else:
-            fracs.append((r0 + mean[0] - ya, c0 + mean[1] - xa))
+        offset = ps.total if pfield is None else mean
+        fracs.append((r0 + offset[0] - ya, c0 + offset[1] - xa))
         if k == ctx.reference:
             ref_pos = len(frames) - 1
         if k == ctx.reference and fracs[-1] == (0.0, 0.0) and data.shape[0] >= hr and data.shape[1] >= wr:
@@ -389,7 +398,7 @@ def _fuse_tile(args) -> tuple[TileTask, np.ndarray, np.ndarray, np.ndarray]:
             frames, valids, np.array(fracs), (hr, wr), out_shape, s,
             ctx.noise, ctx.params, composite_robustness=ctx.robust, reference=ref_pos,
             radius_floor=sample_radius_floor(n_live), reject_floor=False, return_bounds=True,
-            fields=fields if any(f is not None for f in fields) else None,
+            fields=fields,
         )
         img = finish_window(num, den, s, ctx.noise, ctx.params)
         del num
@@ -725,11 +734,7 @@ def fuse_rasters(
             writers.append(count_w)
         for rows, cols, core, den, count in _run_tiles(ctx, tasks, scheduler, workers, progress):
             if nodata is not None:
-                # A fused value equal to the nodata value (a clamp to the
-                # type's minimum) would read back as a hole: one ulp away.
-                core = np.where(core == np.float32(out_nodata), np.nextafter(np.float32(out_nodata), np.float32(np.inf)),
-                                core)
-                core = np.where(np.isnan(core), np.float32(out_nodata), core)
+                core = fill_nodata(core, out_nodata)
             main.write(rows, cols, core)
             if conf_w is not None:
                 conf_w.write(rows, cols, den)
@@ -752,11 +757,10 @@ def fuse_rasters(
 
 def _write_displacement(path, grid: Grid, result: GeoFusionResult, names, overwrite: bool) -> RasterWriter:
     """The passes' displacements on the tie-point grid: bands (dy, dx) per pass, working px (uncommitted)."""
-    spacing = node_grid(grid.height, grid.width)[2]
-    spacing = max(1, min(spacing, grid.height, grid.width))
-    ty, tx = grid.height // spacing, grid.width // spacing
-    rows = (np.arange(ty) + 0.5) * spacing - 0.5
-    cols = (np.arange(tx) + 0.5) * spacing - 0.5
+    rows, cols, spacing = node_grid(grid.height, grid.width)
+    if rows.size == 0 or cols.size == 0:  # smaller than one cell: cells of its shorter side
+        rows, cols, spacing = node_grid(grid.height, grid.width, min(grid.height, grid.width))
+    ty, tx = rows.size, cols.size
     n = len(names)
     cells = Grid(grid.crs, grid.transform @ Affine.scale(spacing), tx, ty)
     desc, btags = [], []
@@ -1041,8 +1045,7 @@ def _plan_fusion(
     _warn_implausible(ref_info, ref_tally)
     lo, hi = working_range(ref_raw, ref_valid)
     ref_norm = [_normalise(d, lo, hi) for d in ref_raw]
-    ref_grey = [d.mean(axis=2) for d in ref_norm]
-    ref_est = [v & np.all(np.abs(d - 0.5) <= OUTLIER_RANGE, axis=2) for d, v in zip(ref_norm, ref_valid)]
+    ref_grey, ref_est = (list(t) for t in zip(*[_estimation_view(d, v) for d, v in zip(ref_norm, ref_valid)]))
     noise = masked_noise(ref_grey, ref_valid)
     del ref_raw
     # The reference's windows widened by the search margin: the backward
@@ -1054,8 +1057,7 @@ def _plan_fusion(
             d, v = _read_pass(ref_pass, grid, band_idx,
                               _shift_window((rows[0] - m_, rows[1] + m_), ref_pass.total[0]),
                               _shift_window((cols[0] - m_, cols[1] + m_), ref_pass.total[1]))
-            g = _normalise(d, lo, hi)
-            ref_wide.append((g.mean(axis=2), v & np.all(np.abs(g - 0.5) <= OUTLIER_RANGE, axis=2)))
+            ref_wide.append(_estimation_view(_normalise(d, lo, hi), v))
 
     est_shift = np.zeros((n, 2))
     shift_std = np.zeros((n, 2))
@@ -1095,10 +1097,7 @@ def _plan_fusion(
             mvalids.append(v)
         valid_frac[k] = float(np.mean([v[margin:-margin, margin:-margin].mean() for v in mvalids]))
         _warn_implausible(infos[k], tally)
-        # Estimation leaves out values far outside the reference's working
-        # range (unmasked clouds, saturation): they would dominate gradients
-        # and the radiometric fit. The fusion's composite test handles them.
-        mov_est = [v & np.all(np.abs(m - 0.5) <= OUTLIER_RANGE, axis=2) for m, v in zip(movs, mvalids)]
+        mov_grey, mov_est = (list(t) for t in zip(*[_estimation_view(m, v) for m, v in zip(movs, mvalids)]))
         # Every window has the same fractional offset (its start is an integer).
         if shifts is not None:
             total = np.asarray(fr) + shifts[k] - np.asarray(shifts[reference])
@@ -1107,7 +1106,7 @@ def _plan_fusion(
                 if sum(int(v.sum()) for v in mov_est) < 64:
                     raise ValueError("fewer than 64 clear pixels within the reference's value range: "
                                      "cloud, nodata or masked")
-                est = estimate_shift(ref_grey, ref_est, [m.mean(axis=2) for m in movs], mov_est, margin)
+                est = estimate_shift(ref_grey, ref_est, mov_grey, mov_est, margin)
                 if not est.correlation >= min_correlation:
                     raise ValueError(
                         f"the registered images correlate at {est.correlation:.2f} < min_correlation "
@@ -1115,7 +1114,7 @@ def _plan_fusion(
                     )
                 total = est.shift
                 if ref_wide:
-                    total = _symmetric_shift(total, movs, mov_est, ref_wide, margin)
+                    total = _symmetric_shift(total, mov_grey, mov_est, ref_wide, margin)
                 shift_std[k] = est.std
                 model_std[k] = float(np.max(est.std))
                 correlations[k] = est.correlation
@@ -1146,7 +1145,7 @@ def _plan_fusion(
         if registered[k] and shifts is None and (geometry != "translation" or local):
             geom, models[k], std_k, tie_points[k] = _fit_pass_geometry(
                 ref_pass, ps, grid, band_idx, lo, hi, windows, ref_grey, ref_est,
-                [m.mean(axis=2) for m in movs], mov_est, margin, total, fr, geometry, local, min_correlation)
+                mov_grey, mov_est, margin, total, fr, geometry, local, min_correlation)
             if geom is not None:
                 geometries[k] = geom
                 model_std[k] = std_k
@@ -1214,7 +1213,7 @@ def _warn_implausible(info: PassInfo, tally: list[int]) -> None:
         )
 
 
-def _symmetric_shift(forward, movs, mov_est, ref_wide, margin) -> np.ndarray:
+def _symmetric_shift(forward, mov_grey, mov_est, ref_wide, margin) -> np.ndarray:
     """Mean of the forward shift and the negated backward one (pass registered to the reference).
 
     ``forward`` places reference pixel ``i`` of a window at ``i + margin +
@@ -1230,9 +1229,8 @@ def _symmetric_shift(forward, movs, mov_est, ref_wide, margin) -> np.ndarray:
     if np.any(np.abs(q) > margin - 2):
         return forward
     refs, rvs, wides, wvs = [], [], [], []
-    for m, mv, (g, gv) in zip(movs, mov_est, ref_wide):
+    for grey, mv, (g, gv) in zip(mov_grey, mov_est, ref_wide):
         h, w = g.shape[0] - 2 * margin, g.shape[1] - 2 * margin
-        grey = m.mean(axis=2)
         refs.append(grey[margin + q[0] : margin + q[0] + h, margin + q[1] : margin + q[1] + w])
         rvs.append(mv[margin + q[0] : margin + q[0] + h, margin + q[1] : margin + q[1] + w])
         wides.append(g)
@@ -1278,8 +1276,7 @@ def _fit_pass_geometry(ref_pass, ps, grid, band_idx, lo, hi, windows, ref_grey, 
         def read(p, dy, dx):
             def reader(rows, cols):
                 d, v = _read_pass(p, grid, band_idx, (rows[0] + dy, rows[1] + dy), (cols[0] + dx, cols[1] + dx))
-                g = _normalise(d, lo, hi)
-                return g.mean(axis=2), v & np.all(np.abs(g - 0.5) <= OUTLIER_RANGE, axis=2)
+                return _estimation_view(_normalise(d, lo, hi), v)
             return reader
 
         ry, rx = int(np.floor(ref_pass.total[0])), int(np.floor(ref_pass.total[1]))

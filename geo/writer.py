@@ -33,7 +33,27 @@ from ..atomic_file import commit_temporary, temporary_path
 from .band_metadata import BandMetadata
 from .grid import Grid
 
-__all__ = ["check_output_path", "RasterWriter", "commit_all", "abort_all"]
+__all__ = ["check_output_path", "RasterWriter", "commit_all", "abort_all", "fill_nodata"]
+
+
+def fill_nodata(values: np.ndarray, nodata: float) -> np.ndarray:
+    """Holes (NaN) set to ``nodata`` for writing.
+
+    A value equal to ``nodata`` that is data (a clamp to the type's minimum)
+    moves one ulp away, so it does not read back as a hole.
+
+    Parameters
+    ----------
+    values : ndarray of float32
+    nodata : float
+
+    Returns
+    -------
+    ndarray of float32, same shape
+    """
+    v = np.float32(nodata)
+    out = np.where(values == v, np.nextafter(v, np.float32(np.inf)), values)
+    return np.where(np.isnan(out), v, out).astype(np.float32, copy=False)
 
 
 def check_output_path(path, overwrite: bool, argument: str) -> Path:

@@ -24,6 +24,7 @@ from mfsr.validation import check_scale
 
 from .band_metadata import STALE_TAG_PREFIXES
 from .pipeline import DEFAULT_GEOMETRY, DEFAULT_LOCAL, GeoFusionResult, fuse_arrays
+from .writer import fill_nodata
 
 __all__ = ["fuse_xarray"]
 
@@ -391,11 +392,5 @@ def _carried_attrs(attrs: dict) -> dict:
 
 
 def _write_fill(out, value: float):
-    """Holes (NaN) set to ``value``, declared as the nodata.
-
-    A fused value equal to ``value`` (a clamp to the type's minimum) moves
-    one ulp away, so it does not read back as a hole.
-    """
-    v = np.float32(value)
-    out = out.where(out != v, np.nextafter(v, np.float32(np.inf)))
-    return out.fillna(v).rio.write_nodata(value)
+    """Holes (NaN) set to ``value``, declared as the nodata (:func:`mfsr.geo.writer.fill_nodata`)."""
+    return out.copy(data=fill_nodata(out.values, value)).rio.write_nodata(value)
