@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates, minimum_filter, spline_filter
 
-__all__ = ["MODELS", "ShiftEstimate", "estimate_shift"]
+__all__ = ["MODELS", "ShiftEstimate", "corner_std", "estimate_shift", "model_basis", "model_matrix"]
 
 
 @dataclass
@@ -131,9 +131,11 @@ def _blur_filled(img: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray
 
 
 MODELS = ("translation", "similarity", "affine")
+# Corners of the normalised extent.
+_CORNERS = np.array([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
 
 
-def _model_basis(model: str, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def model_basis(model: str, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Derivatives of (dy, dx) with respect to the model's parameters at normalised positions (u, v).
 
     Parameters are (dy, dx) at the centre, then the linear part:
@@ -254,7 +256,7 @@ def estimate_shift(
         ii, jj = np.nonzero(rok)
         if ii.size == 0:
             continue
-        ky, kx = _model_basis(model, (ii + py - centre[0]) / half[0], (jj + px - centre[1]) / half[1])
+        ky, kx = model_basis(model, (ii + py - centre[0]) / half[0], (jj + px - centre[1]) / half[1])
         mb = _blur_filled(m, mv, sigma)
         gy, gx = np.gradient(mb)
         mok = minimum_filter(mv, size=2 * er + 1, mode="constant", cval=True)
@@ -332,25 +334,34 @@ def estimate_shift(
     model_std = float("inf")
     if cov is not None:
         std = np.sqrt(np.abs(np.diag(cov)[:2]))
-        corners = np.array([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
-        ky, kx = _model_basis(model, corners[:, 0], corners[:, 1])
-        var = np.concatenate([np.einsum("pi,pq,qi->i", k, cov, k) for k in (ky, kx)])
-        model_std = float(np.sqrt(np.abs(var).max()))
+        model_std = corner_std(model, cov, _CORNERS[:, 0], _CORNERS[:, 1])
     return ShiftEstimate(theta[:2].copy(), d0, float(gain), float(offset), int(n_used), std, corr,
-                         _as_matrix(model, theta, centre, half), model_std)
+                         model_matrix(model, theta, centre, half), model_std)
 
 
 def _largest_displacement(model: str, theta: np.ndarray) -> float:
     """Largest |dy| or |dx| of the model over the corners of the normalised extent."""
-    corners = np.array([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
-    ky, kx = _model_basis(model, corners[:, 0], corners[:, 1])
+    ky, kx = model_basis(model, _CORNERS[:, 0], _CORNERS[:, 1])
     return float(max(np.abs(theta @ ky).max(), np.abs(theta @ kx).max()))
 
 
-def _as_matrix(model: str, theta: np.ndarray, centre: np.ndarray, half: np.ndarray) -> np.ndarray:
-    """The model's (2, 3) affine displacement matrix in the positions' coordinates."""
-    t0 = np.zeros(6)
-    t0[: theta.size] = theta
+def corner_std(model: str, cov: np.ndarray, u, v) -> float:
+    """Largest standard deviation (px, either component) of the modelled displacement at points (u, v).
+
+    ``cov`` is the covariance of the parameters of :func:`model_basis`;
+    ``(u, v)`` are normalised positions as there.
+    """
+    ky, kx = model_basis(model, np.asarray(u, np.float64), np.asarray(v, np.float64))
+    var = np.concatenate([np.einsum("pi,pq,qi->i", k, cov, k) for k in (ky, kx)])
+    return float(np.sqrt(np.abs(var).max()))
+
+
+def model_matrix(model: str, theta: np.ndarray, centre: np.ndarray, half: np.ndarray) -> np.ndarray:
+    """The model's (2, 3) displacement matrix, ``(dy, dx) = M @ (y, x, 1)``.
+
+    ``theta`` holds the parameters of :func:`model_basis` at positions
+    normalised as ``((y, x) - centre) / half``.
+    """
     if model == "similarity":
         a, b = theta[2], theta[3]
         lin = np.array([[a, b], [-b, a]])

@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 from scipy.ndimage import correlate, generic_filter
 
-from .coregister import estimate_shift
+from .coregister import corner_std, estimate_shift, model_basis, model_matrix
 from .pass_geometry import PassGeometry
 
 __all__ = [
@@ -225,12 +225,8 @@ def fit_model(points: TiePoints, model: str, height: int, width: int) -> tuple[n
     cy, cx = (height - 1) / 2, (width - 1) / 2
     half = max(height, width) / 2
     u, v = (y - cy) / half, (x - cx) / half
-    one, zero = np.ones_like(u), np.zeros_like(u)
-    if model == "similarity":
-        # dy = ty + a u + b v, dx = tx - b u + a v
-        a = np.concatenate([np.stack([one, zero, u, v], 1), np.stack([zero, one, v, -u], 1)])
-    else:
-        a = np.concatenate([np.stack([one, zero, u, v, zero, zero], 1), np.stack([zero, one, zero, zero, u, v], 1)])
+    ky, kx = model_basis(model, u, v)
+    a = np.concatenate([ky.T, kx.T])
     b = np.concatenate([d[:, 0], d[:, 1]])
     w = np.ones(b.size)
     theta = np.zeros(a.shape[1])
@@ -244,22 +240,10 @@ def fit_model(points: TiePoints, model: str, height: int, width: int) -> tuple[n
     dof = max(b.size - a.shape[1], 1)
     sigma2 = float((w * r**2).sum() / dof)
     cov = sigma2 * np.linalg.pinv(aw.T @ a)
-    if model == "similarity":
-        lin = np.array([[theta[2], theta[3]], [-theta[3], theta[2]]]) / half
-    else:
-        lin = theta[2:].reshape(2, 2) / half
-    matrix = np.zeros((2, 3))
-    matrix[:, :2] = lin
-    matrix[:, 2] = theta[:2] - lin @ np.array([cy, cx])
-    corner = np.array([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]]) * np.array([cy, cx]) / half
-    worst = 0.0
-    for cu, cv in corner:
-        if model == "similarity":
-            rows = np.array([[1, 0, cu, cv], [0, 1, cv, -cu]], np.float64)
-        else:
-            rows = np.array([[1, 0, cu, cv, 0, 0], [0, 1, 0, 0, cu, cv]], np.float64)
-        worst = max(worst, float(np.sqrt(np.max(np.einsum("ip,pq,iq->i", rows, cov, rows)))))
-    return matrix, worst
+    matrix = model_matrix(model, theta, np.array([cy, cx]), np.array([half, half]))
+    # the grid's corners, normalised as the points
+    cu, cv = np.array([-cy, -cy, cy, cy]) / half, np.array([-cx, cx, -cx, cx]) / half
+    return matrix, corner_std(model, cov, cu, cv)
 
 
 def residual_field(points: TiePoints, model: PassGeometry) -> tuple[np.ndarray | None, np.ndarray]:
