@@ -121,6 +121,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mfsr.geo.synth import PassWarp, cloud_layer, render_warped
+
 OUT = Path(__file__).parent / "out"
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PAN = DATA / "landsat8_pan" / "l8_B8.tif"
@@ -133,127 +135,27 @@ DEFAULT_AROSICS = os.environ.get("MFSR_AROSICS_PYTHON", "/tmp/arosics-venv/bin/p
 # --------------------------------------------------------------------------- geometry
 
 
-@dataclass
-class Geometry:
-    """Pass -> reference map ``G(p) = R(theta)(p - c) + c + t + L(p)``, low-res px, (y, x) arrays.
-
-    ``L(p)_a = sum_m amp[m, a] sin(2 pi (freq[m, 0] p_y / h + freq[m, 1] p_x / w) + phase[m, a])``.
-    """
-
-    theta: float
-    t: np.ndarray  # (2,) (ty, tx)
-    amp: np.ndarray  # (M, 2)
-    freq: np.ndarray  # (M, 2) cycles per image along y, x
-    phase: np.ndarray  # (M, 2)
-    shape: tuple[int, int]
-
-    @property
-    def centre(self):
-        return (self.shape[0] - 1) / 2.0, (self.shape[1] - 1) / 2.0
-
-    def local(self, py, px):
-        h, w = self.shape
-        ly = np.zeros(np.broadcast(py, px).shape)
-        lx = np.zeros_like(ly)
-        for m in range(self.amp.shape[0]):
-            arg = 2 * np.pi * (self.freq[m, 0] * py / h + self.freq[m, 1] * px / w)
-            if self.amp[m, 0]:
-                ly += self.amp[m, 0] * np.sin(arg + self.phase[m, 0])
-            if self.amp[m, 1]:
-                lx += self.amp[m, 1] * np.sin(arg + self.phase[m, 1])
-        return ly, lx
-
-    def to_ref(self, py, px):
-        """Reference coordinates of pass coordinates ``(py, px)``."""
-        cy, cx = self.centre
-        c, s = np.cos(self.theta), np.sin(self.theta)
-        ly, lx = self.local(py, px)
-        ry = cy + s * (px - cx) + c * (py - cy) + self.t[0] + ly
-        rx = cx + c * (px - cx) - s * (py - cy) + self.t[1] + lx
-        return ry, rx
-
-    def to_pass(self, ry, rx, iterations: int = 30):
-        """Pass coordinates of reference coordinates (inverse of :meth:`to_ref`, fixed point)."""
-        cy, cx = self.centre
-        c, s = np.cos(self.theta), np.sin(self.theta)
-        py, px = np.array(ry, float), np.array(rx, float)
-        for _ in range(iterations):
-            ly, lx = self.local(py, px)
-            uy = ry - cy - self.t[0] - ly
-            ux = rx - cx - self.t[1] - lx
-            py, px = cy + c * uy - s * ux, cx + s * uy + c * ux  # rotation by -theta
-        return py, px
-
-    def to_dict(self):
-        return dict(theta_deg=float(np.degrees(self.theta)), t=self.t.tolist(), amp=self.amp.tolist(),
-                    freq=self.freq.tolist(), phase=self.phase.tolist())
+def identity(shape) -> PassWarp:
+    return PassWarp(0.0, np.zeros(2), np.zeros((0, 2)), np.zeros((0, 2)), np.zeros((0, 2)), tuple(shape))
 
 
-def identity(shape) -> Geometry:
-    return Geometry(0.0, np.zeros(2), np.zeros((0, 2)), np.zeros((0, 2)), np.zeros((0, 2)), tuple(shape))
-
-
-def random_geometry(rng, shape, pure_shift: bool) -> Geometry:
+def random_geometry(rng, shape, pure_shift: bool) -> PassWarp:
     t = rng.uniform(-1.0, 1.0, 2)
     if pure_shift:
-        return Geometry(0.0, t, np.zeros((0, 2)), np.zeros((0, 2)), np.zeros((0, 2)), tuple(shape))
+        return PassWarp(0.0, t, np.zeros((0, 2)), np.zeros((0, 2)), np.zeros((0, 2)), tuple(shape))
     theta = np.radians(rng.uniform(-0.1, 0.1))
     m = 3
     freq = rng.uniform(0.5, 2.0, (m, 2)) * rng.choice([-1, 1], (m, 2))
     phase = rng.uniform(0, 2 * np.pi, (m, 2))
     amp = rng.uniform(0.3, 1.0, (m, 2))
-    g = Geometry(theta, t, amp, freq, phase, tuple(shape))
+    g = PassWarp(theta, t, amp, freq, phase, tuple(shape))
     yy, xx = np.mgrid[0:shape[0]:4, 0:shape[1]:4].astype(float)
     ly, lx = g.local(yy, xx)
     g.amp = amp * rng.uniform(0.25, 0.5) / np.hypot(ly, lx).max()
     return g
 
 
-# --------------------------------------------------------------------------- rendering
-
-
-def render(coef, geom: Geometry, shape, cell: float, n: int, s: int, m: int) -> np.ndarray:
-    """Mean of the spline scene over the footprint of every pixel of a grid.
-
-    Pixel ``(i, j)`` of the rendered grid has its centre at own low-res
-    coordinate ``((i + 0.5) cell - 0.5, (j + 0.5) cell - 0.5)`` and covers a
-    square of side ``cell``; ``n x n`` points on it are mapped to the
-    reference by ``geom`` and then to the scene's HR array coordinate
-    ``s (r + 0.5) - 0.5 + m``.
-    """
-    from scipy.ndimage import map_coordinates
-
-    h, w = shape
-    q = ((np.arange(n) + 0.5) / n - 0.5) * cell
-    cx = (np.arange(w) + 0.5) * cell - 0.5
-    px = (cx[:, None] + q[None, :]).ravel()
-    strip = max(1, int(2**20 // (w * n * n)))
-    out = np.empty(shape, np.float32)
-    for r0 in range(0, h, strip):
-        r1 = min(h, r0 + strip)
-        cy = (np.arange(r0, r1) + 0.5) * cell - 0.5
-        py = (cy[:, None] + q[None, :]).ravel()
-        ry, rx = geom.to_ref(py[:, None], px[None, :])
-        hy = s * (ry + 0.5) - 0.5 + m
-        hx = s * (rx + 0.5) - 0.5 + m
-        v = map_coordinates(coef, [hy.ravel(), hx.ravel()], order=3, mode="mirror", prefilter=False)
-        out[r0:r1] = v.reshape(r1 - r0, n, w, n).mean(axis=(1, 3))
-    return out
-
-
-def clouds(rng, shape, fraction: float):
-    """Bright smooth blobs: (opacity in [0, 1], brightness) over ``fraction`` of the pass."""
-    from scipy.ndimage import gaussian_filter
-
-    if fraction <= 0:
-        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
-    f = gaussian_filter(rng.standard_normal(shape), max(shape) / 24, mode="wrap")
-    f /= f.std()
-    thr = np.quantile(f, 1 - fraction)
-    alpha = np.clip((f - thr) / 0.3, 0, 1) ** 0.5
-    b = gaussian_filter(rng.standard_normal(shape), max(shape) / 48, mode="wrap")
-    bright = 0.9 + 0.15 * b / b.std()
-    return alpha.astype(np.float32), bright.astype(np.float32)
+# --------------------------------------------------------------------------- simulation
 
 
 @dataclass
@@ -311,7 +213,7 @@ def simulate(folder: Path, size: int, scale: int, n_passes: int, seed: int, pure
         geoms = []
         for g in z["geoms"]:
             d = json.loads(str(g))
-            geoms.append(Geometry(d["theta"], *(np.asarray(d[k], float).reshape(-1, 2) if k != "t"
+            geoms.append(PassWarp(d["theta"], *(np.asarray(d[k], float).reshape(-1, 2) if k != "t"
                                                 else np.asarray(d[k], float) for k in ("t", "amp", "freq", "phase")),
                                   (size, size)))
         return Sim(folder, paths, mask_paths, z["truth"], z["disp"], z["clean"], z["masks"], z["gains"],
@@ -321,7 +223,7 @@ def simulate(folder: Path, size: int, scale: int, n_passes: int, seed: int, pure
     scene, hr_tr, crs = load_scene(size * scale)
     coef = spline_filter(scene, order=3, mode="mirror")
     shape = (size, size)
-    truth = render(coef, identity(shape), (size * scale, size * scale), 1.0 / scale, SUPER, scale, MARGIN)
+    truth = render_warped(coef, identity(shape), (size * scale, size * scale), 1.0 / scale, SUPER, scale, MARGIN)
     raw = scene[MARGIN:-MARGIN, MARGIN:-MARGIN]
     raster_psnr = 10 * np.log10(1 / np.mean((truth - raw) ** 2)) if scale == 2 else float("nan")
     geoms = [identity(shape)] + [random_geometry(rng, shape, pure_shift) for _ in range(n_passes - 1)]
@@ -338,12 +240,12 @@ def simulate(folder: Path, size: int, scale: int, n_passes: int, seed: int, pure
     clean = np.zeros((n_passes, size, size), np.float32)
     masks = np.zeros((n_passes, size, size), bool)
     for k, g in enumerate(geoms):
-        clean[k] = render(coef, g, shape, 1.0, SUPER * scale, scale, MARGIN)
+        clean[k] = render_warped(coef, g, shape, 1.0, SUPER * scale, scale, MARGIN)
         py, px = g.to_pass(rr, cc)
         disp[k, ..., 0] = py - rr
         disp[k, ..., 1] = px - cc
         v = gains[k] * clean[k] + offsets[k]
-        a, bright = clouds(rng, shape, fractions[k])
+        a, bright = cloud_layer(rng, shape, fractions[k])
         v = (1 - a) * v + a * bright
         masks[k] = binary_dilation(a > 0, iterations=1)
         v = v + np.sqrt(ALPHA * np.maximum(v, 0) + BETA) * rng.standard_normal(shape)
@@ -358,7 +260,7 @@ def simulate(folder: Path, size: int, scale: int, n_passes: int, seed: int, pure
                float(raster_psnr), time.perf_counter() - t0)
 
 
-def _geom_fields(g: Geometry):
+def _geom_fields(g: PassWarp):
     return dict(theta=g.theta, t=g.t.tolist(), amp=g.amp.tolist(), freq=g.freq.tolist(), phase=g.phase.tolist())
 
 
@@ -465,7 +367,7 @@ def run_mfsr(sim: Sim, scale: int, kwargs: dict, name: str):
     return read_raster(out), res, wall
 
 
-def drizzle_pixmap(geom: Geometry, shape, scale: int, offset: float = 0.0) -> np.ndarray:
+def drizzle_pixmap(geom: PassWarp, shape, scale: int, offset: float = 0.0) -> np.ndarray:
     """drizzle's pixmap: pass pixel centre (i, j) -> output (x, y), pixel centres at integers."""
     ii, jj = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
     ry, rx = geom.to_ref(ii, jj)

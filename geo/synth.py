@@ -21,12 +21,14 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from affine import Affine
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, map_coordinates
 from scipy.ndimage import shift as nd_shift
 
 from mfsr.pixel_area import block_mean
 
-__all__ = ["SyntheticPasses", "block_mean", "cloud_mask", "simulate_passes"]
+__all__ = [
+    "PassWarp", "SyntheticPasses", "block_mean", "cloud_layer", "cloud_mask", "render_warped", "simulate_passes",
+]
 
 
 @dataclass
@@ -161,3 +163,109 @@ def simulate_passes(
         masks.append(m)
     truth = hr[margin * s : (margin + h) * s, margin * s : (margin + w) * s].astype(np.float32)
     return SyntheticPasses(paths, mpaths, mis, offs, gains, offsets, np.array(masks), lr_t, truth)
+
+
+# Passes with a rotation and a smooth local displacement (benchmarks/bench_passes.py,
+# mfsr.geo.train_refiner): their exact geometry, the rendering of a scene through it, clouds.
+
+
+@dataclass
+class PassWarp:
+    """A pass's exact geometry: pass -> reference map ``G(p) = R(theta)(p - c) + c + t + L(p)``.
+
+    Low-res px, (y, x) arrays, ``c`` the grid's centre, ``R`` a rotation.
+
+    ``L(p)_a = sum_m amp[m, a] sin(2 pi (freq[m, 0] p_y / h + freq[m, 1] p_x / w) + phase[m, a])``.
+    """
+
+    theta: float
+    t: np.ndarray  # (2,) (ty, tx)
+    amp: np.ndarray  # (M, 2)
+    freq: np.ndarray  # (M, 2) cycles per image along y, x
+    phase: np.ndarray  # (M, 2)
+    shape: tuple[int, int]
+
+    @property
+    def centre(self):
+        return (self.shape[0] - 1) / 2.0, (self.shape[1] - 1) / 2.0
+
+    def local(self, py, px):
+        h, w = self.shape
+        ly = np.zeros(np.broadcast(py, px).shape)
+        lx = np.zeros_like(ly)
+        for m in range(self.amp.shape[0]):
+            arg = 2 * np.pi * (self.freq[m, 0] * py / h + self.freq[m, 1] * px / w)
+            if self.amp[m, 0]:
+                ly += self.amp[m, 0] * np.sin(arg + self.phase[m, 0])
+            if self.amp[m, 1]:
+                lx += self.amp[m, 1] * np.sin(arg + self.phase[m, 1])
+        return ly, lx
+
+    def to_ref(self, py, px):
+        """Reference coordinates of pass coordinates ``(py, px)``."""
+        cy, cx = self.centre
+        c, s = np.cos(self.theta), np.sin(self.theta)
+        ly, lx = self.local(py, px)
+        ry = cy + s * (px - cx) + c * (py - cy) + self.t[0] + ly
+        rx = cx + c * (px - cx) - s * (py - cy) + self.t[1] + lx
+        return ry, rx
+
+    def to_pass(self, ry, rx, iterations: int = 30):
+        """Pass coordinates of reference coordinates (inverse of :meth:`to_ref`, fixed point)."""
+        cy, cx = self.centre
+        c, s = np.cos(self.theta), np.sin(self.theta)
+        py, px = np.array(ry, float), np.array(rx, float)
+        for _ in range(iterations):
+            ly, lx = self.local(py, px)
+            uy = ry - cy - self.t[0] - ly
+            ux = rx - cx - self.t[1] - lx
+            py, px = cy + c * uy - s * ux, cx + s * uy + c * ux  # rotation by -theta
+        return py, px
+
+    def to_dict(self):
+        return dict(theta_deg=float(np.degrees(self.theta)), t=self.t.tolist(), amp=self.amp.tolist(),
+                    freq=self.freq.tolist(), phase=self.phase.tolist())
+
+
+def render_warped(coef, geom: PassWarp, shape, cell: float, n: int, s: int, m: int) -> np.ndarray:
+    """Mean of the spline scene over the footprint of every pixel of a grid.
+
+    Pixel ``(i, j)`` of the rendered grid has its centre at own low-res
+    coordinate ``((i + 0.5) cell - 0.5, (j + 0.5) cell - 0.5)`` and covers a
+    square of side ``cell``; ``n x n`` points on it are mapped to the
+    reference by ``geom`` and then to the scene's HR array coordinate
+    ``s (r + 0.5) - 0.5 + m``.
+    """
+    h, w = shape
+    q = ((np.arange(n) + 0.5) / n - 0.5) * cell
+    cx = (np.arange(w) + 0.5) * cell - 0.5
+    px = (cx[:, None] + q[None, :]).ravel()
+    strip = max(1, int(2**20 // (w * n * n)))
+    out = np.empty(shape, np.float32)
+    for r0 in range(0, h, strip):
+        r1 = min(h, r0 + strip)
+        cy = (np.arange(r0, r1) + 0.5) * cell - 0.5
+        py = (cy[:, None] + q[None, :]).ravel()
+        ry, rx = geom.to_ref(py[:, None], px[None, :])
+        hy = s * (ry + 0.5) - 0.5 + m
+        hx = s * (rx + 0.5) - 0.5 + m
+        v = map_coordinates(coef, [hy.ravel(), hx.ravel()], order=3, mode="mirror", prefilter=False)
+        out[r0:r1] = v.reshape(r1 - r0, n, w, n).mean(axis=(1, 3))
+    return out
+
+
+def cloud_layer(rng, shape, fraction: float, size_divisor: float = 24.0):
+    """Bright smooth blobs: (opacity in [0, 1], brightness) over ``fraction`` of the pass.
+
+    Blobs are about ``max(shape) / size_divisor`` px across, their brightness
+    varies on half that scale.
+    """
+    if fraction <= 0:
+        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    f = gaussian_filter(rng.standard_normal(shape), max(shape) / size_divisor, mode="wrap")
+    f /= f.std()
+    thr = np.quantile(f, 1 - fraction)
+    alpha = np.clip((f - thr) / 0.3, 0, 1) ** 0.5
+    b = gaussian_filter(rng.standard_normal(shape), max(shape) / (2 * size_divisor), mode="wrap")
+    bright = 0.9 + 0.15 * b / b.std()
+    return alpha.astype(np.float32), bright.astype(np.float32)

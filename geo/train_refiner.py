@@ -66,6 +66,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .synth import PassWarp, cloud_layer, render_warped
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SCALE = 2
 MARGIN = 8  # HR px of scene around the reference area (displacements up to ~3 LR px)
@@ -138,74 +140,22 @@ def _random_crop(rng, img, valid, side, tries: int = 200):
 # --------------------------------------------------------------------------- simulator
 
 
-class _Geometry:
-    """Pass -> reference map ``G(p) = R(theta)(p - c) + c + t + L(p)``, low-res px, (y, x)."""
-
-    def __init__(self, rng, size: int, identity: bool = False) -> None:
-        self.c = (size - 1) / 2.0
-        self.size = size
-        if identity:
-            self.theta, self.t, self.amp = 0.0, np.zeros(2), np.zeros((0, 2))
-            self.freq = self.phase = np.zeros((0, 2))
-            return
-        self.theta = math.radians(rng.uniform(-0.1, 0.1))
-        self.t = rng.uniform(-1.0, 1.0, 2)
-        m = 3
-        self.freq = rng.uniform(0.5, 2.0, (m, 2)) * rng.choice([-1, 1], (m, 2))
-        self.phase = rng.uniform(0, 2 * np.pi, (m, 2))
-        amp = rng.uniform(0.3, 1.0, (m, 2))
-        self.amp = amp
-        yy, xx = np.mgrid[0:size:4, 0:size:4].astype(float)
-        ly, lx = self.local(yy, xx)
-        self.amp = amp * rng.uniform(0.0, 0.4) / max(np.hypot(ly, lx).max(), 1e-9)
-
-    def local(self, py, px):
-        ly = np.zeros(np.broadcast(py, px).shape)
-        lx = np.zeros_like(ly)
-        for m in range(self.amp.shape[0]):
-            arg = 2 * np.pi * (self.freq[m, 0] * py + self.freq[m, 1] * px) / self.size
-            ly += self.amp[m, 0] * np.sin(arg + self.phase[m, 0])
-            lx += self.amp[m, 1] * np.sin(arg + self.phase[m, 1])
-        return ly, lx
-
-    def to_ref(self, py, px):
-        c, s = math.cos(self.theta), math.sin(self.theta)
-        ly, lx = self.local(py, px)
-        ry = self.c + s * (px - self.c) + c * (py - self.c) + self.t[0] + ly
-        rx = self.c + c * (px - self.c) - s * (py - self.c) + self.t[1] + lx
-        return ry, rx
-
-
-def _render(coef, geom: _Geometry, n_px: int, cell: float, n: int, s: int, m: int) -> np.ndarray:
-    """Mean of the spline scene over each pixel of an ``n_px`` square grid of side ``cell`` low-res px.
-
-    ``n x n`` sample points per pixel are mapped to the reference by
-    ``geom`` and to the scene's HR array coordinate ``s (r + 0.5) - 0.5 + m``.
-    """
-    from scipy.ndimage import map_coordinates
-
-    q = ((np.arange(n) + 0.5) / n - 0.5) * cell
-    c = (np.arange(n_px) + 0.5) * cell - 0.5
-    p = (c[:, None] + q[None, :]).ravel()
-    ry, rx = geom.to_ref(p[:, None], p[None, :])
-    v = map_coordinates(coef, [(s * (ry + 0.5) - 0.5 + m).ravel(), (s * (rx + 0.5) - 0.5 + m).ravel()],
-                        order=3, mode="mirror", prefilter=False)
-    return v.reshape(n_px, n, n_px, n).mean(axis=(1, 3)).astype(np.float32)
-
-
-def _clouds(rng, size: int, fraction: float):
-    """Bright smooth blobs: (opacity in [0, 1], brightness) over ``fraction`` of the pass."""
-    from scipy.ndimage import gaussian_filter
-
-    if fraction <= 0:
-        z = np.zeros((size, size), np.float32)
-        return z, z
-    f = gaussian_filter(rng.standard_normal((size, size)), size / 12, mode="wrap")
-    f /= f.std()
-    thr = np.quantile(f, 1 - fraction)
-    alpha = np.clip((f - thr) / 0.3, 0, 1) ** 0.5
-    b = gaussian_filter(rng.standard_normal((size, size)), size / 24, mode="wrap")
-    return alpha.astype(np.float32), (0.9 + 0.15 * b / b.std()).astype(np.float32)
+def _random_warp(rng, size: int, identity: bool = False) -> PassWarp:
+    """A pass's geometry: rotation up to 0.1 deg, shift up to 1 px, local field up to 0.4 px (identity for pass 0)."""
+    zero = np.zeros((0, 2))
+    if identity:
+        return PassWarp(0.0, np.zeros(2), zero, zero, zero, (size, size))
+    theta = math.radians(rng.uniform(-0.1, 0.1))
+    t = rng.uniform(-1.0, 1.0, 2)
+    m = 3
+    freq = rng.uniform(0.5, 2.0, (m, 2)) * rng.choice([-1, 1], (m, 2))
+    phase = rng.uniform(0, 2 * np.pi, (m, 2))
+    amp = rng.uniform(0.3, 1.0, (m, 2))
+    warp = PassWarp(theta, t, amp, freq, phase, (size, size))
+    yy, xx = np.mgrid[0:size:4, 0:size:4].astype(float)
+    ly, lx = warp.local(yy, xx)
+    warp.amp = amp * rng.uniform(0.0, 0.4) / max(np.hypot(ly, lx).max(), 1e-9)
+    return warp
 
 
 def simulate_stack(rng, scene: np.ndarray, size: int, n_passes: int):
@@ -223,18 +173,18 @@ def simulate_stack(rng, scene: np.ndarray, size: int, n_passes: int):
 
     s = SCALE
     coef = spline_filter(scene, order=3, mode="mirror")
-    truth = _render(coef, _Geometry(rng, size, identity=True), size * s, 1.0 / s, 2, s, MARGIN)
+    truth = render_warped(coef, _random_warp(rng, size, identity=True), (size * s, size * s), 1.0 / s, 2, s, MARGIN)
     alpha = 10 ** rng.uniform(math.log10(2e-5), math.log10(5e-4))
     beta = 10 ** rng.uniform(-6.0, math.log10(3e-5))
     passes = np.empty((n_passes, size, size), np.float32)
     invalid = np.zeros((n_passes, size, size), bool)
     for k in range(n_passes):
-        g = _Geometry(rng, size, identity=(k == 0))
-        v = _render(coef, g, size, 1.0, 2 * s, s, MARGIN)
+        g = _random_warp(rng, size, identity=(k == 0))
+        v = render_warped(coef, g, (size, size), 1.0, 2 * s, s, MARGIN)
         if k:
             v = rng.uniform(0.85, 1.15) * v + rng.uniform(-0.05, 0.05)
         if k >= 2:
-            a, bright = _clouds(rng, size, rng.uniform(0.0, 0.3))
+            a, bright = cloud_layer(rng, (size, size), rng.uniform(0.0, 0.3), size_divisor=12.0)
             v = (1 - a) * v + a * bright
             invalid[k] = binary_dilation(a > 0, iterations=1)
         passes[k] = v + np.sqrt(alpha * np.maximum(v, 0) + beta) * rng.standard_normal(v.shape)
