@@ -93,10 +93,11 @@ class PassGeometry:
         r = self.residual.astype(np.float64)
         iy, fy = _axis_taps(self.node_rows, y)
         ix, fx = _axis_taps(self.node_cols, x)
-        top = (1 - fx)[..., None] * r[iy, ix] + fx[..., None] * r[iy, np.minimum(ix + 1, r.shape[1] - 1)]
-        bot_rows = np.minimum(iy + 1, r.shape[0] - 1)
-        bot = (1 - fx)[..., None] * r[bot_rows, ix] + fx[..., None] * r[bot_rows, np.minimum(ix + 1, r.shape[1] - 1)]
-        return (1 - fy)[..., None] * top + fy[..., None] * bot
+        iy1, ix1 = np.minimum(iy + 1, r.shape[0] - 1), np.minimum(ix + 1, r.shape[1] - 1)
+        fy, fx = fy[..., None], fx[..., None]
+        top = (1 - fx) * r[iy, ix] + fx * r[iy, ix1]
+        bot = (1 - fx) * r[iy1, ix] + fx * r[iy1, ix1]
+        return (1 - fy) * top + fy * bot
 
 
 def _axis_taps(nodes: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
